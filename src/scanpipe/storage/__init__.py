@@ -1,0 +1,38 @@
+"""Object stores: where scans come from and masks go to.
+
+``open_store(url)`` turns a location into a store: ``file:///path`` or a plain
+path gives a :class:`LocalStore` (a folder used as a bucket).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from scanpipe.errors import ConfigError
+from scanpipe.storage.base import ObjectInfo, ObjectStore
+from scanpipe.storage.local import LocalStore
+
+__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store"]
+
+
+def open_store(url: str) -> ObjectStore:
+    """Open the object store at ``url``.
+
+    Raises:
+        ConfigError: the URL names a scheme scanpipe cannot store objects in.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(
+                f"Expected a file URL without a host (file:///path), "
+                f"but found host {parsed.netloc!r} in {url!r}."
+            )
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and url[1:3] in (":\\", ":/")):
+        return LocalStore(Path(url))
+    raise ConfigError(
+        f"Expected a storage location as file:///path or a plain path, "
+        f"but found the scheme {parsed.scheme!r} in {url!r}."
+    )

@@ -109,7 +109,9 @@ class ObjectStore(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def download(self, key: str, dest: Path, *, max_bytes: int | None = None) -> ObjectInfo:
+    def download(
+        self, key: str, dest: Path, *, max_bytes: int | None = None
+    ) -> ObjectInfo:
         """Copy the object into the local file ``dest``.
 
         Raises:
