@@ -133,7 +133,7 @@ class EmbeddedStack:
             observe=self._observe,
             spawn=self._spawn,
             on_scale=self._on_scale,
-            is_busy=self.ledger.is_busy,
+            is_busy=lambda worker_id: self.ledger.is_busy(self._worker_id(worker_id)),
             stop_grace_seconds=settings.stop_grace_seconds,
         )
         self._known_workers: set[str] = set()
@@ -145,8 +145,13 @@ class EmbeddedStack:
         depth = self.queue.depth()
         return depth.visible, depth.in_flight
 
-    def _spawn(self, worker_id: str) -> subprocess.Popen[Any]:
-        worker_id = f"{worker_id}-{self.run_token}"
+    def _worker_id(self, supervisor_id: str) -> str:
+        # The supervisor numbers workers from 1 in each run; the run token
+        # keeps ids unique in a ledger that outlives runs.
+        return f"{supervisor_id}-{self.run_token}"
+
+    def _spawn(self, supervisor_id: str) -> subprocess.Popen[Any]:
+        worker_id = self._worker_id(supervisor_id)
         command = worker_command(
             queue_url=self.queue_url,
             input_url=str(self.run_dir.input.absolute()),
@@ -169,13 +174,6 @@ class EmbeddedStack:
             to_replicas=event.to_replicas,
             metric=event.metric,
             reason=event.reason,
-        )
-        log.info(
-            "scaled from=%d to=%d metric=%d reason=%r",
-            event.from_replicas,
-            event.to_replicas,
-            event.metric,
-            event.reason,
         )
 
     # -- running ---------------------------------------------------------------
