@@ -19,7 +19,7 @@ from tests import scans
 pytestmark = pytest.mark.slow
 
 BAD_FILES = {
-    "corrupt.nii.gz": (scans.make_corrupt_gzip, "truncated"),
+    "corrupt.nii.gz": (scans.make_corrupt_gzip, "not_nifti"),
     "truncated.nii.gz": (scans.make_truncated, "truncated"),
     "bomb.nii.gz": (scans.make_gzip_bomb, "gzip_bomb"),
     "huge.nii.gz": (scans.make_huge_dims, "too_large"),
@@ -125,8 +125,8 @@ def test_an_inbox_file_whose_name_cannot_be_a_key_is_set_aside_with_its_reason(
     stack = make_stack(tmp_path / "run")
     (stack.run_dir.inbox / "back\\slash.nii.gz").write_bytes(b"x")
 
-    for _ in range(3):
-        stack.inbox.poll(now=1e12)
+    for hour in range(3):
+        stack.inbox.poll(now=1e12 + 3600 * hour)
 
     rejected = stack.run_dir.root / "inbox-rejected"
     assert (rejected / "back\\slash.nii.gz").exists()
