@@ -14,6 +14,7 @@ import pytest
 from scanpipe.autoscale import ScalingPolicy
 from scanpipe.events import QueueNotifier
 from scanpipe.stack import EmbeddedStack, RunDir, StackSettings
+from scanpipe.summary import summarize
 from tests import scans
 
 pytestmark = pytest.mark.slow
@@ -144,9 +145,15 @@ def test_duplicate_events_for_one_object_give_one_mask(tmp_path: Path) -> None:
 
     run_until_idle(stack)
 
+    # Two workers may hold copies at the same moment and both compute (the
+    # same mask, written atomically); a copy that arrives after the first
+    # finished is recognised without computing. Either way: one mask.
     outcomes = sorted(s.outcome for s in stack.ledger.scans())
-    assert outcomes == ["done", "duplicate", "duplicate"]
+    assert len(outcomes) == 3
+    assert outcomes[0] == "done" and "duplicate" in outcomes
     assert len(list(stack.run_dir.outbox.glob("*.mask.nii.gz"))) == 1
+    assert len(list(stack.run_dir.outbox.glob("*.json"))) == 1
+    assert summarize(stack.ledger, stack.queue).scans_done == 1
     stack.close()
 
 
