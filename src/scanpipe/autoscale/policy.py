@@ -206,7 +206,7 @@ def decide(
             reason = f"{trigger} and never active: scale to zero"
         else:
             reason = (
-                f"inactive for {idle_seconds:g}s >= cooldown "
+                f"inactive for {idle_seconds:.1f}s >= cooldown "
                 f"{policy.cooldown_period_seconds:g}s: scale to zero"
             )
         decision = Decision(desired=0, reason=reason, active=active, metric=metric)
@@ -219,7 +219,7 @@ def decide(
         steps = [trigger, sizing]
     else:
         steps = [
-            f"{trigger}, inactive for {idle_seconds:g}s < cooldown "
+            f"{trigger}, inactive for {idle_seconds:.1f}s < cooldown "
             f"{policy.cooldown_period_seconds:g}s",
             sizing,
         ]
