@@ -131,7 +131,7 @@ def test_an_empty_queue_keeps_workers_through_the_cooldown_then_scales_to_zero()
 
     assert desired_counts(decisions) == [3, 3, 3, 0, 0]
     assert [d.active for d in decisions] == [True, False, False, False, False]
-    assert decisions[3].reason == "inactive for 30s >= cooldown 30s: scale to zero"
+    assert decisions[3].reason == "inactive for 30.0s >= cooldown 30s: scale to zero"
 
 
 def test_activity_during_the_cooldown_restarts_it() -> None:
