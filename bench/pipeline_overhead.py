@@ -20,9 +20,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scanpipe.imaging.phantom import make_phantom
 
 from scanpipe.events import QueueNotifier
+from scanpipe.imaging.phantom import make_phantom
 from scanpipe.models import load_segmenter
 from scanpipe.queue import open_queue
 from scanpipe.storage.local import LocalStore

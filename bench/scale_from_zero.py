@@ -21,9 +21,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scanpipe.imaging.phantom import make_phantom
 
 from scanpipe.autoscale import ScalingPolicy
+from scanpipe.imaging.phantom import make_phantom
 from scanpipe.stack import EmbeddedStack, RunDir, StackSettings
 
 
