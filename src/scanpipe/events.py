@@ -150,7 +150,7 @@ def parse_message(body: str) -> list[Parsed]:
     try:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _malformed(f"the body is not JSON ({exc.msg})") from exc
+        raise _malformed(f"the body is not JSON ({exc})") from exc
     if not isinstance(doc, dict):
         raise _malformed(f"the body is a JSON {type(doc).__name__}")
     return _parse_document(doc, depth=0)

@@ -227,7 +227,19 @@ class Ledger:
             "SELECT worker_id, pid, model_id, started_at, model_loaded_at, "
             "stopped_at, stop_reason FROM workers ORDER BY started_at"
         )
-        return [WorkerLifetime(*row, busy=tuple(busy.get(row[0], ()))) for row in rows]
+        return [
+            WorkerLifetime(
+                worker_id=row[0],
+                pid=row[1],
+                model_id=row[2],
+                started_at=row[3],
+                model_loaded_at=row[4],
+                stopped_at=row[5],
+                stop_reason=row[6],
+                busy=tuple(busy.get(row[0], ())),
+            )
+            for row in rows
+        ]
 
     # -- scans ---------------------------------------------------------------
 
@@ -260,22 +272,36 @@ class Ledger:
             )
 
     def scans(self, *, since: float | None = None) -> list[ScanRecord]:
+        columns = [
+            "input_key",
+            "outcome",
+            "finished_at",
+            "etag",
+            "size_bytes",
+            "voxels",
+            "model_id",
+            "worker_id",
+            "attempts",
+            "reason",
+            "detail",
+            "output_key",
+            "event_time",
+            "received_at",
+            "seconds",
+            "total_seconds",
+            "end_to_end_seconds",
+        ]
         rows = self._query(
-            "SELECT input_key, outcome, finished_at, etag, size_bytes, voxels, "
-            "model_id, worker_id, attempts, reason, detail, output_key, event_time, "
-            "received_at, seconds, total_seconds, end_to_end_seconds FROM scans "
-            "WHERE finished_at >= ? ORDER BY finished_at",
+            f"SELECT {', '.join(columns)} FROM scans WHERE finished_at >= ? "
+            "ORDER BY finished_at",
             (since or 0.0,),
         )
-        return [
-            ScanRecord(
-                *row[:14],
-                seconds=json.loads(row[14]),
-                total_seconds=row[15],
-                end_to_end_seconds=row[16],
-            )
-            for row in rows
-        ]
+        records = []
+        for row in rows:
+            fields: dict[str, Any] = dict(zip(columns, row, strict=True))
+            fields["seconds"] = json.loads(fields["seconds"])
+            records.append(ScanRecord(**fields))
+        return records
 
     # -- scaling -------------------------------------------------------------
 
