@@ -5,11 +5,15 @@
     sqlite:///var/lib/scanpipe/queue.db                 embedded, queue 'scans'
     sqlite:///var/lib/scanpipe/queue.db?name=scans&visibility_timeout=30&max_receive_count=3
     queue.db, /data/queue.sqlite                        embedded, a plain path
+    https://sqs.eu-west-1.amazonaws.com/123456789012/scans   Amazon SQS
+    http://127.0.0.1:5000/123456789012/scans            an SQS-compatible server
 
 The embedded queue (``SqliteQueue``) is shared by every process on one
 machine. The query parameters, all optional, are ``name`` (default
 ``scans``), ``visibility_timeout`` in seconds (default 30) and
-``max_receive_count`` (default 3; 0 never dead-letters).
+``max_receive_count`` (default 3; 0 never dead-letters). An SQS queue
+(``SqsQueue``) takes its settings from the queue's own attributes; see
+:mod:`scanpipe.queue.sqs`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ DEFAULT_MAX_RECEIVE_COUNT = 3
 _ACCEPTED_FORMS = (
     "sqlite:///absolute/path/queue.db (optionally with ?name=...&"
     "visibility_timeout=...&max_receive_count=...), or a file path ending in "
-    ".db or .sqlite"
+    ".db or .sqlite, or an SQS queue URL "
+    "(https://sqs.<region>.amazonaws.com/<account>/<name>)"
 )
 _SQS_HOST = re.compile(r"sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+_SQS_PATH = re.compile(r"/[^/]+/[A-Za-z0-9_-]{1,80}(\.fifo)?")
 _PATH_SUFFIXES = (".db", ".sqlite")
 
 
@@ -62,16 +68,17 @@ def open_queue(url: str) -> Queue:
     if parts.scheme == "sqlite":
         return _open_sqlite(url)
 
-    # --- SQS -------------------------------------------------------------
-    # The SQS backend plugs in here, for URLs of the form
-    # https://sqs.<region>.amazonaws.com/<account>/<name>.
-    if parts.scheme == "https" and _SQS_HOST.fullmatch(parts.hostname or ""):
-        raise ConfigError(
-            "Expected a queue this version of scanpipe can open, found the SQS "
-            f"URL {url!r}, and SQS support is not installed in this version. "
-            f"Use {_ACCEPTED_FORMS}."
-        )
-    # ---------------------------------------------------------------------
+    # --- SQS ---------------------------------------------------------------
+    # https://sqs.<region>.amazonaws.com/<account>/<name>, or any http(s) URL
+    # with the path /<account>/<name>: an SQS-compatible server or endpoint.
+    if parts.scheme in ("http", "https") and (
+        _SQS_HOST.fullmatch(parts.hostname or "") or _SQS_PATH.fullmatch(parts.path)
+    ):
+        # Imported here so that the embedded form never loads boto3.
+        from scanpipe.queue.sqs import SqsQueue
+
+        return SqsQueue(url)
+    # -------------------------------------------------------------------------
 
     raise ConfigError(
         f"Expected a queue URL of the form {_ACCEPTED_FORMS}; found {url!r}."
