@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from scanpipe import __version__, config, logs
+from scanpipe.cli_aws import aws
 from scanpipe.errors import ConfigError, ScanpipeError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ def _print_json(doc: Any) -> None:
 def cli(debug: bool, log_level: str) -> None:
     """Batch inference for 3D scans: queue-driven workers that scale from zero."""
     logs.configure("DEBUG" if debug else log_level)
+
+
+cli.add_command(aws)
 
 
 # -- data ----------------------------------------------------------------------

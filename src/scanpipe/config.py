@@ -11,8 +11,8 @@ import os
 #: Every environment variable scanpipe reads, with what it sets.
 ENVIRONMENT: dict[str, str] = {
     "SCANPIPE_DIR": "run directory of the embedded stack (default ./scanpipe-run)",
-    "SCANPIPE_QUEUE": "queue URL of `scanpipe worker` (sqlite:///path/queue.db)",
-    "SCANPIPE_INPUT": "input store URL of `scanpipe worker` (file:///path or path)",
+    "SCANPIPE_QUEUE": "queue URL of `scanpipe worker` (sqlite:///path or SQS URL)",
+    "SCANPIPE_INPUT": "input store URL of `scanpipe worker` (path or s3://b/prefix)",
     "SCANPIPE_OUTPUT": "output store URL of `scanpipe worker`",
     "SCANPIPE_MODEL": "model spec (default: threshold)",
     "SCANPIPE_WORKER_ID": "worker id recorded in the ledger and provenance",

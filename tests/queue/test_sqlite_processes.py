@@ -267,8 +267,8 @@ def test_open_queue_reads_plain_paths(
         ("sqlite://{tmp}/queue.db?name=bad%20name", "queue name"),
         ("sqlite://{tmp}/missing/queue.db", "folder exists"),
         (
-            "https://sqs.eu-west-1.amazonaws.com/123456789012/scans",
-            "SQS support is not installed",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/scans.fifo",
+            "FIFO",
         ),
     ],
     ids=[
@@ -286,7 +286,7 @@ def test_open_queue_reads_plain_paths(
         "empty-name",
         "invalid-name",
         "missing-folder",
-        "sqs",
+        "sqs-fifo",
     ],
 )
 def test_open_queue_rejects_what_it_cannot_open(

@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from scanpipe.errors import PermanentError, ReceiptHandleInvalid, ScanpipeError
+from scanpipe.errors import (
+    PermanentError,
+    ReceiptHandleInvalid,
+    ScanpipeError,
+    TransientError,
+)
 from scanpipe.events import ObjectEvent, Skipped, parse_message
 from scanpipe.imaging.nifti import ScanLimits, load_scan, write_mask
 from scanpipe.ledger import Ledger, ScanRecord
@@ -108,6 +113,12 @@ class Worker:
             self.segmenter.model_id,
             self.queue.url,
         )
+        if self.queue.dead_letter_queue() is None:
+            log.warning(
+                "queue has no dead-letter queue queue=%s: permanent failures "
+                "stay on it and come back after every visibility timeout",
+                self.queue.url,
+            )
         loop = threading.Thread(
             target=self._loop_guarded, name="scan-loop", daemon=True
         )
@@ -291,6 +302,10 @@ class Worker:
         except ReceiptHandleInvalid:
             # Redelivered meanwhile; the other delivery finds our output.
             log.warning("delete found a stale handle id=%s", message.message_id)
+        except ScanpipeError as exc:
+            # The queue is unreachable: the message will be redelivered and
+            # recognised as done, so this costs a duplicate check, not a scan.
+            log.warning("delete failed id=%s error=%s", message.message_id, exc)
         return records
 
     def _process_object(
@@ -326,10 +341,17 @@ class Worker:
             local = Path(scratch) / "input.nii.gz"
             started = time.time()
             mark = time.perf_counter()
-            self.input_store.download(
+            downloaded = self.input_store.download(
                 key, local, max_bytes=self.settings.limits.max_file_bytes
             )
             seconds["download"] = time.perf_counter() - mark
+            if downloaded.etag != info.etag:
+                # Overwritten since the head: the output keys name the old
+                # content. Retry; the next attempt sees the new ETag.
+                raise TransientError(
+                    f"Expected the object with ETag {info.etag}, but it was "
+                    f"replaced by ETag {downloaded.etag} during the scan."
+                )
 
             mark = time.perf_counter()
             volume = load_scan(local, self.settings.limits)
@@ -356,7 +378,7 @@ class Worker:
             )
             provenance = provenance_record(
                 bucket=self.input_store.bucket,
-                input_key=key,
+                input_key=self.input_store.prefix + key,
                 etag=info.etag,
                 size_bytes=info.size,
                 version_id=event.version_id,
@@ -400,6 +422,13 @@ class Worker:
             self.queue.dead_letter(message, reason=exc.reason, detail=str(exc))
         except ReceiptHandleInvalid:
             log.warning("dead-letter found a stale handle id=%s", message.message_id)
+        except ScanpipeError as move_exc:
+            # Left on the queue, it comes back and fails the same way again.
+            log.warning(
+                "dead-letter move failed id=%s error=%s",
+                message.message_id,
+                move_exc,
+            )
 
     def _retry_later(self, message: Message, exc: Exception) -> None:
         attempt = max(1, message.receive_count)
