@@ -73,6 +73,16 @@ CREATE TABLE IF NOT EXISTS scaling_events (
     metric INTEGER,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS samples (
+    at REAL NOT NULL,
+    visible INTEGER NOT NULL,
+    in_flight INTEGER NOT NULL,
+    dead_letters INTEGER NOT NULL,
+    workers_desired INTEGER NOT NULL,
+    workers_running INTEGER NOT NULL,
+    workers_busy INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
 """
 
 
@@ -112,6 +122,19 @@ class WorkerLifetime:
     stopped_at: float | None
     stop_reason: str | None
     busy: tuple[tuple[float, float | None], ...]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The queue and the workers at one autoscaler tick: the timeline's points."""
+
+    at: float
+    visible: int
+    in_flight: int
+    dead_letters: int
+    workers_desired: int
+    workers_running: int
+    workers_busy: int
 
 
 @dataclass(frozen=True)
@@ -327,3 +350,30 @@ class Ledger:
             "FROM scaling_events ORDER BY at, id"
         )
         return [ScalingRecord(*row) for row in rows]
+
+    # -- timeline ------------------------------------------------------------
+
+    def record_sample(self, sample: Sample) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO samples (at, visible, in_flight, dead_letters, "
+                "workers_desired, workers_running, workers_busy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sample.at,
+                    sample.visible,
+                    sample.in_flight,
+                    sample.dead_letters,
+                    sample.workers_desired,
+                    sample.workers_running,
+                    sample.workers_busy,
+                ),
+            )
+
+    def samples(self, *, since: float | None = None) -> list[Sample]:
+        rows = self._query(
+            "SELECT at, visible, in_flight, dead_letters, workers_desired, "
+            "workers_running, workers_busy FROM samples WHERE at >= ? ORDER BY at",
+            (since or 0.0,),
+        )
+        return [Sample(*row) for row in rows]

@@ -31,7 +31,7 @@ from typing import Any
 from scanpipe.autoscale import ScalingEvent, ScalingPolicy, Supervisor
 from scanpipe.events import QueueNotifier
 from scanpipe.inbox import InboxWatcher
-from scanpipe.ledger import Ledger
+from scanpipe.ledger import Ledger, Sample
 from scanpipe.queue import open_queue
 from scanpipe.queue.base import Queue
 from scanpipe.storage.local import LocalStore
@@ -204,7 +204,8 @@ class EmbeddedStack:
         interval = self.settings.policy.polling_interval_seconds
         try:
             while not stop.is_set():
-                self.supervisor.tick()
+                decision = self.supervisor.tick()
+                self._record_sample(decision.desired if decision else None)
                 if on_tick is not None:
                     on_tick(self)
                 if until_idle and self.supervisor.events and self.is_idle():
@@ -215,6 +216,27 @@ class EmbeddedStack:
             self.supervisor.shutdown()
             inbox_thread.join()
             self._close_worker_lifetimes()
+
+    def _record_sample(self, desired: int | None) -> None:
+        # One point per tick: the timeline of queue depth and workers that
+        # the dashboard draws (the 0 -> N -> 0 picture).
+        depth = self.queue.depth()
+        dlq = self.queue.dead_letter_queue()
+        dead = dlq.depth() if dlq is not None else None
+        running = self.supervisor.running
+        self.ledger.record_sample(
+            Sample(
+                at=time.time(),
+                visible=depth.visible,
+                in_flight=depth.in_flight,
+                dead_letters=(dead.visible + dead.in_flight) if dead else 0,
+                workers_desired=len(running) if desired is None else desired,
+                workers_running=len(running),
+                workers_busy=sum(
+                    1 for w in running if self.ledger.is_busy(self._worker_id(w))
+                ),
+            )
+        )
 
     def _close_worker_lifetimes(self) -> None:
         # Workers killed with SIGKILL never record their own stop; the

@@ -90,6 +90,13 @@ def test_good_scans_complete_and_bad_ones_land_in_the_dead_letter_queue(
     events = stack.ledger.scaling_events()
     assert events[0].from_replicas == 0 and events[0].to_replicas >= 1
     assert events[-1].to_replicas == 0
+
+    # The timeline the dashboard draws: work queued, workers up, back to zero.
+    samples = stack.ledger.samples()
+    assert max(s.visible + s.in_flight for s in samples) >= 1
+    assert max(s.workers_running for s in samples) >= 1
+    assert samples[-1].workers_running == 0
+    assert samples[-1].dead_letters == len(BAD_FILES)
     stack.close()
 
 
