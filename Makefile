@@ -6,12 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint format bench clean
+# Debian packages the tests use: a real Prometheus (and promtool) and a
+# real Chromium for the dashboard's browser test.
+SYSTEM_COMMANDS := prometheus promtool chromium
+SYSTEM_PACKAGES := prometheus chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint format bench clean system-deps
 
 demo: $(VENV)/.installed
 	$(BIN)/scanpipe demo
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
@@ -30,6 +36,16 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/scale_from_zero.py
+
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do \
+		command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -174,20 +174,35 @@ def demo(
     type=click.FloatRange(0),
     help="Seconds without work before workers scale to zero.",
 )
-def up(run_dir: Path, model: str, max_workers: int, cooldown: float) -> None:
+@click.option(
+    "--dashboard-port",
+    default=8765,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Serve the dashboard on 127.0.0.1 at this port (0: no dashboard).",
+)
+def up(
+    run_dir: Path, model: str, max_workers: int, cooldown: float, dashboard_port: int
+) -> None:
     """Run the embedded stack until Ctrl-C: drop scans in DIR/inbox, find masks
     in DIR/outbox."""
+    from scanpipe.dashboard import serve
     from scanpipe.stack import EmbeddedStack, RunDir
 
     stack = EmbeddedStack(
         RunDir(run_dir), _stack_settings(model, max_workers, cooldown)
     )
+    server = serve(stack.run_dir.root, port=dashboard_port) if dashboard_port else None
     click.echo(
         f"scanpipe is up: drop scans into {stack.run_dir.inbox}/, masks appear in "
         f"{stack.run_dir.outbox}/ (Ctrl-C to stop)",
         err=True,
     )
+    if server is not None:
+        click.echo(f"dashboard at {server.url}", err=True)
     _run_stack(stack, until_idle=False)
+    if server is not None:
+        server.stop()
     stack.close()
 
 
@@ -215,6 +230,28 @@ def submit(files: tuple[Path, ...], run_dir: Path, prefix: str) -> None:
         info = store.put_file(prefix + path.name, path)
         click.echo(f"submitted {info.key} size={info.size} etag={info.etag}")
     queue.close()
+
+
+@cli.command()
+@_DIR_OPTION
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; 0.0.0.0 exposes the ledger's data to the network.",
+)
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+def dashboard(run_dir: Path, address: str, port: int) -> None:
+    """Serve the dashboard of a run directory until Ctrl-C."""
+    from scanpipe.dashboard import serve
+
+    run = _existing_run(run_dir)
+    server = serve(run.root, address=address, port=port)
+    click.echo(f"dashboard at {server.url} (Ctrl-C to stop)", err=True)
+    stop = threading.Event()
+    _on_stop_signals(stop)
+    stop.wait()
+    server.stop()
 
 
 @cli.command()
@@ -461,9 +498,13 @@ def _stack_settings(model: str, max_workers: int, cooldown: float) -> Any:
 
 
 def _run_stack(stack: Any, *, until_idle: bool, on_tick: Any = None) -> None:
-    import signal
-
     stop = threading.Event()
+    _on_stop_signals(stop)
+    stack.run(stop, until_idle=until_idle, on_tick=on_tick)
+
+
+def _on_stop_signals(stop: threading.Event) -> None:
+    import signal
 
     def _stop(signum: int, frame: object) -> None:
         log.info("stopping signal=%s", signal.Signals(signum).name)
@@ -471,7 +512,6 @@ def _run_stack(stack: Any, *, until_idle: bool, on_tick: Any = None) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    stack.run(stop, until_idle=until_idle, on_tick=on_tick)
 
 
 def _existing_run(run_dir: Path) -> Any:
