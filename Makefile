@@ -55,9 +55,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
+# The tests cover the nnU-Net backend too, so they install its extra
+# (torch==2.13.0 is the CPU build these machines carry).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,nnunet]'
 	touch $(VENV)/.installed $@
 
 clean:

@@ -22,6 +22,8 @@ import click
 
 from scanpipe import __version__, config, logs
 from scanpipe.cli_aws import aws
+from scanpipe.cli_events import events
+from scanpipe.cli_report import build_pricing, pricing_options, report
 from scanpipe.errors import ConfigError, ScanpipeError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ def cli(debug: bool, log_level: str) -> None:
 
 
 cli.add_command(aws)
+cli.add_command(events)
+cli.add_command(report)
 
 
 # -- data ----------------------------------------------------------------------
@@ -120,6 +124,7 @@ def phantom(
     help="Seconds without work before workers scale to zero.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pricing_options
 def demo(
     scans: int,
     run_dir: Path | None,
@@ -129,12 +134,15 @@ def demo(
     shape: tuple[int, int, int],
     cooldown: float,
     as_json: bool,
+    pricing: dict[str, Any],
 ) -> None:
     """Make phantoms, segment them with workers that scale 0 -> N -> 0, summarise."""
+    from scanpipe.finops.report import build_report, format_report
     from scanpipe.imaging.phantom import write_dataset
     from scanpipe.stack import EmbeddedStack, RunDir
     from scanpipe.summary import summarize
 
+    prices = build_pricing(pricing)
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"demo-{stamp}"
@@ -153,14 +161,18 @@ def demo(
     with _StackProgress(scans, enabled=not as_json) as progress:
         _run_stack(stack, until_idle=True, on_tick=progress.update)
     summary = summarize(stack.ledger, stack.queue, since=started)
+    cost = build_report(stack.ledger, since=started, pricing=prices)
     stack.close()
 
     if as_json:
         doc = summary.to_json()
         doc["dir"] = str(run_dir)
+        doc["cost"] = cost
         _print_json(doc)
     else:
         _print_summary(summary, run_dir)
+        click.echo("")
+        click.echo(format_report(cost))
 
 
 @cli.command()
@@ -181,8 +193,14 @@ def demo(
     type=click.IntRange(0, 65535),
     help="Serve the dashboard on 127.0.0.1 at this port (0: no dashboard).",
 )
+@pricing_options
 def up(
-    run_dir: Path, model: str, max_workers: int, cooldown: float, dashboard_port: int
+    run_dir: Path,
+    model: str,
+    max_workers: int,
+    cooldown: float,
+    dashboard_port: int,
+    pricing: dict[str, Any],
 ) -> None:
     """Run the embedded stack until Ctrl-C: drop scans in DIR/inbox, find masks
     in DIR/outbox."""
@@ -192,7 +210,12 @@ def up(
     stack = EmbeddedStack(
         RunDir(run_dir), _stack_settings(model, max_workers, cooldown)
     )
-    server = serve(stack.run_dir.root, port=dashboard_port) if dashboard_port else None
+    report_options = {"pricing": build_pricing(pricing)}
+    server = (
+        serve(stack.run_dir.root, port=dashboard_port, report_options=report_options)
+        if dashboard_port
+        else None
+    )
     click.echo(
         f"scanpipe is up: drop scans into {stack.run_dir.inbox}/, masks appear in "
         f"{stack.run_dir.outbox}/ (Ctrl-C to stop)",
@@ -241,12 +264,18 @@ def submit(files: tuple[Path, ...], run_dir: Path, prefix: str) -> None:
     help="Address to bind; 0.0.0.0 exposes the ledger's data to the network.",
 )
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-def dashboard(run_dir: Path, address: str, port: int) -> None:
+@pricing_options
+def dashboard(run_dir: Path, address: str, port: int, pricing: dict[str, Any]) -> None:
     """Serve the dashboard of a run directory until Ctrl-C."""
     from scanpipe.dashboard import serve
 
     run = _existing_run(run_dir)
-    server = serve(run.root, address=address, port=port)
+    server = serve(
+        run.root,
+        address=address,
+        port=port,
+        report_options={"pricing": build_pricing(pricing)},
+    )
     click.echo(f"dashboard at {server.url} (Ctrl-C to stop)", err=True)
     stop = threading.Event()
     _on_stop_signals(stop)

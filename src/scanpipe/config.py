@@ -21,6 +21,11 @@ ENVIRONMENT: dict[str, str] = {
     "SCANPIPE_STOP_GRACE_SECONDS": "time the current scan may finish after SIGTERM",
     "SCANPIPE_THREADS": "compute threads per worker (sets OMP/BLAS thread counts)",
     "SCANPIPE_LOG_LEVEL": "DEBUG, INFO (default), WARNING or ERROR",
+    "SCANPIPE_INSTANCE_TYPE": "instance type each worker is priced as "
+    "(default g5.xlarge)",
+    "SCANPIPE_PRICES": "JSON or TOML file overriding the built-in price catalog",
+    "SCANPIPE_SPOT": "price worker nodes at their spot price (1 or 0)",
+    "SCANPIPE_OPENCOST_URL": "OpenCost API URL `scanpipe report` prices from",
 }
 
 DEFAULT_RUN_DIR = "scanpipe-run"

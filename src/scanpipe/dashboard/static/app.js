@@ -28,7 +28,8 @@ function fillNumbers(report) {
   }
   const w = report.window || {};
   if (w.start) {
-    const fmt = (t) => new Date(t * 1000).toLocaleString();
+    // The report gives ISO 8601 times.
+    const fmt = (t) => new Date(t).toLocaleString();
     document.getElementById("window").textContent =
       `window ${fmt(w.start)} – ${fmt(w.end)} (${(w.hours || 0).toFixed(2)} h)`;
   }
