@@ -127,7 +127,7 @@ def test_options_in_the_spec_set_the_parameters():
 @pytest.mark.parametrize(
     ("spec", "named"),
     [
-        ("onnx:/models/jaw.onnx", ["'onnx'", "threshold"]),
+        ("tensorrt:/models/jaw.plan", ["'tensorrt'", "threshold"]),
         ("", ["''", "threshold"]),
         ("threshold:bone=abc", ["'bone'", "'abc'", "number"]),
         ("threshold:bone=nan", ["'bone'", "'nan'"]),

@@ -21,13 +21,13 @@ import json
 import logging
 import time
 
-import cc3d
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
 from scanpipe.errors import ModelError
 from scanpipe.models.base import Segmentation, Segmenter, Volume
+from scanpipe.models.postprocess import drop_islands
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,13 @@ class ThresholdSegmenter(Segmenter):
         thresholded = time.perf_counter()
 
         min_voxels = int(np.ceil(self.min_island_mm3 / float(np.prod(spacing))))
-        teeth = _drop_islands(teeth, min_voxels)
+        teeth = drop_islands(teeth, min_voxels)
         if self.fill_holes:
             teeth = ndimage.binary_fill_holes(teeth)
         jaw = bone & ~teeth
         if self.open_mm > 0:
             jaw = ndimage.binary_opening(jaw, structure=_ball(self.open_mm, spacing))
-        jaw = _drop_islands(jaw, min_voxels)
+        jaw = drop_islands(jaw, min_voxels)
 
         labels = np.zeros(data.shape, dtype=np.uint8)
         labels[jaw] = 1
@@ -150,15 +150,6 @@ def _model_id(settings: dict[str, float | bool]) -> str:
         return _VERSION
     digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()
     return f"{_VERSION}-{digest[:8]}"
-
-
-def _drop_islands(
-    mask: npt.NDArray[np.bool_], min_voxels: int
-) -> npt.NDArray[np.bool_]:
-    if min_voxels <= 1 or not mask.any():
-        return mask
-    kept = cc3d.dust(mask.view(np.uint8), threshold=min_voxels, connectivity=26)
-    return np.asarray(kept, dtype=bool)
 
 
 def _ball(radius_mm: float, spacing: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
