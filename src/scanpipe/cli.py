@@ -42,7 +42,7 @@ _MODEL_OPTION = click.option(
     envvar="SCANPIPE_MODEL",
     default=config.DEFAULT_MODEL,
     show_default=True,
-    help="Model spec, e.g. 'threshold' or 'threshold:bone=400'.",
+    help="Model spec: builtin, onnx:PATH, nnunet:PATH, threshold (options after ?).",
 )
 
 

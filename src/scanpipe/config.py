@@ -14,7 +14,7 @@ ENVIRONMENT: dict[str, str] = {
     "SCANPIPE_QUEUE": "queue URL of `scanpipe worker` (sqlite:///path or SQS URL)",
     "SCANPIPE_INPUT": "input store URL of `scanpipe worker` (path or s3://b/prefix)",
     "SCANPIPE_OUTPUT": "output store URL of `scanpipe worker`",
-    "SCANPIPE_MODEL": "model spec (default: threshold)",
+    "SCANPIPE_MODEL": "model spec (default: builtin)",
     "SCANPIPE_WORKER_ID": "worker id recorded in the ledger and provenance",
     "SCANPIPE_LEDGER": "ledger file a worker records into (optional)",
     "SCANPIPE_MAX_VOXELS": "largest scan accepted, in voxels (default 134217728)",
@@ -29,7 +29,7 @@ ENVIRONMENT: dict[str, str] = {
 }
 
 DEFAULT_RUN_DIR = "scanpipe-run"
-DEFAULT_MODEL = "threshold"
+DEFAULT_MODEL = "builtin"
 
 
 def env(name: str, default: str | None = None) -> str | None:

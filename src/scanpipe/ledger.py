@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS samples (
     workers_busy INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
+CREATE TABLE IF NOT EXISTS usage (
+    worker_id TEXT PRIMARY KEY,
+    cpu_core_seconds REAL,
+    ram_byte_seconds REAL,
+    peak_rss_bytes INTEGER,
+    gpu_busy_seconds REAL,
+    sampled_at REAL NOT NULL
+);
 """
 
 
@@ -122,6 +130,23 @@ class WorkerLifetime:
     stopped_at: float | None
     stop_reason: str | None
     busy: tuple[tuple[float, float | None], ...]
+
+
+@dataclass(frozen=True)
+class WorkerUsage:
+    """What one worker process used over its lifetime; None where unmeasured.
+
+    ``cpu_core_seconds``: user + system CPU seconds. ``ram_byte_seconds``: the
+    resident set size integrated over time. ``gpu_busy_seconds``: NVML's
+    utilisation integrated over time (a GPU busy half the time for an hour
+    gives 1800).
+    """
+
+    worker_id: str
+    cpu_core_seconds: float | None = None
+    ram_byte_seconds: float | None = None
+    peak_rss_bytes: int | None = None
+    gpu_busy_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +264,31 @@ class Ledger:
             (worker_id,),
         )
         return bool(rows)
+
+    def record_usage(self, usage: WorkerUsage, at: float | None = None) -> None:
+        """Store a worker's usage so far; later samples replace earlier ones."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO usage (worker_id, cpu_core_seconds, "
+                "ram_byte_seconds, peak_rss_bytes, gpu_busy_seconds, sampled_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    usage.worker_id,
+                    usage.cpu_core_seconds,
+                    usage.ram_byte_seconds,
+                    usage.peak_rss_bytes,
+                    usage.gpu_busy_seconds,
+                    at or time.time(),
+                ),
+            )
+
+    def usage(self) -> dict[str, WorkerUsage]:
+        """Every worker's recorded usage, by worker id."""
+        rows = self._query(
+            "SELECT worker_id, cpu_core_seconds, ram_byte_seconds, peak_rss_bytes, "
+            "gpu_busy_seconds FROM usage"
+        )
+        return {row[0]: WorkerUsage(*row) for row in rows}
 
     def workers(self) -> list[WorkerLifetime]:
         busy: dict[str, list[tuple[float, float | None]]] = {}

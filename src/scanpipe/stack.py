@@ -35,6 +35,7 @@ from scanpipe.ledger import Ledger, Sample
 from scanpipe.queue import open_queue
 from scanpipe.queue.base import Queue
 from scanpipe.storage.local import LocalStore
+from scanpipe.usage import UsageSampler
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class EmbeddedStack:
             stop_grace_seconds=settings.stop_grace_seconds,
         )
         self._known_workers: set[str] = set()
+        self._usage = UsageSampler()
         self._log_files: dict[str, Any] = {}
 
     # -- supervisor hooks ------------------------------------------------------
@@ -219,7 +221,11 @@ class EmbeddedStack:
 
     def _record_sample(self, desired: int | None) -> None:
         # One point per tick: the timeline of queue depth and workers that
-        # the dashboard draws (the 0 -> N -> 0 picture).
+        # the dashboard draws (the 0 -> N -> 0 picture), and what each worker
+        # process used so far, for the efficiency view of the bill.
+        pids = {self._worker_id(w): pid for w, pid in self.supervisor.pids.items()}
+        for usage in self._usage.sample(pids):
+            self.ledger.record_usage(usage)
         depth = self.queue.depth()
         dlq = self.queue.dead_letter_queue()
         dead = dlq.depth() if dlq is not None else None

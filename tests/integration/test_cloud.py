@@ -255,7 +255,9 @@ def test_stores_under_prefixes_map_event_keys_in_and_output_keys_out(
         f"s3://{stack.output_bucket}/masks/",
     )
 
-    [record] = provenance_of(stack, "nested/a b.nii.gz")
+    # The record names the object as it is in the bucket: prefix included.
+    [record] = provenance_of(stack, "ct/nested/a b.nii.gz")
+    assert record["input"]["bucket"] == stack.input_bucket
     mask_key = record["output"]["mask_key"]
     assert mask_key.startswith("nested/a b.")
     assert f"masks/{mask_key}" in output_keys(stack)

@@ -147,6 +147,13 @@ class Supervisor:
             return list(self._stopping)
 
     @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the workers not yet reaped (running or stopping)."""
+        with self._lock:
+            workers = [*self._running.values(), *self._stopping.values()]
+            return {w.worker_id: w.process.pid for w in workers}
+
+    @property
     def peak_replicas(self) -> int:
         """The most workers that ever ran at the same time."""
         with self._lock:

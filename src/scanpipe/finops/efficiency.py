@@ -29,26 +29,9 @@ from scanpipe.finops.allocation import (
 from scanpipe.finops.catalog import Pricing, split_node_price
 from scanpipe.finops.opencost import AllocationSet
 from scanpipe.finops.per_scan import CostReport, Window, worker_interval
-from scanpipe.ledger import WorkerLifetime
+from scanpipe.ledger import WorkerLifetime, WorkerUsage
 
 _GIB = 1024.0**3
-
-
-@dataclass(frozen=True)
-class WorkerUsage:
-    """What one worker process used over its lifetime; None where unmeasured.
-
-    ``cpu_core_seconds``: user + system CPU seconds. ``ram_byte_seconds``: the
-    resident set size integrated over time. ``gpu_busy_seconds``: NVML's
-    utilisation integrated over time (a GPU busy half the time for an hour
-    gives 1800).
-    """
-
-    worker_id: str
-    cpu_core_seconds: float | None = None
-    ram_byte_seconds: float | None = None
-    peak_rss_bytes: int | None = None
-    gpu_busy_seconds: float | None = None
 
 
 def efficiency_view(

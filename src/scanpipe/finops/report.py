@@ -17,9 +17,10 @@ the volume that is ``730 * (baseline_per_hour + 10 * variable_per_hour)``. It
 overstates the cost of cold starts at high volume, when workers stay warm, so
 it errs on the expensive side.
 
-Usage (CPU seconds, RAM byte-seconds, GPU busy seconds) is not in the ledger
-yet; the efficiency numbers are None until workers record it and the caller
-passes it as ``usage``. Nothing is estimated in its place.
+Usage (CPU seconds, RAM byte-seconds, GPU busy seconds) comes from the
+ledger, where the embedded stack records what its worker processes used; a
+caller may pass its own as ``usage``. Where none was recorded the efficiency
+numbers are None: nothing is estimated in its place.
 """
 
 from __future__ import annotations
@@ -132,13 +133,15 @@ def build_report(
             when None.
         opencost: when given, worker and baseline costs come from the
             cluster's measured allocations instead of the catalog.
-        usage: per-worker resource usage by worker id, when recorded.
+        usage: per-worker resource usage by worker id; the ledger's when None.
         now: the current time, for tests; ``time.time()`` when None.
     """
     pricing = pricing or Pricing()
     now = time.time() if now is None else now
     scans = ledger.scans(since=since)
     workers = ledger.workers()
+    if usage is None:
+        usage = ledger.usage() or None
     window = report_window(scans, workers, since=since, now=now)
 
     costs = cost_scans(scans, workers, window, pricing)
