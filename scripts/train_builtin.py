@@ -390,6 +390,8 @@ def write_model_card(
 The default model of scanpipe. It is a genuine nnU-Net v2 model folder
 (`nnunet/`) and its export for scanpipe's ONNX engine (`onnx/`), so both
 backends run it: `builtin` (the engine) and `nnunet:builtin` (nnU-Net).
+`builtin` runs without mirroring unless asked (`builtin?mirror=1`): the
+table below shows what mirroring buys and what it costs.
 
 It is trained on synthetic phantoms only. It segments the phantoms of
 `scanpipe.imaging.phantom`; it is not a model for patient scans.

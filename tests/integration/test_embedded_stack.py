@@ -217,6 +217,14 @@ def test_demo_drains_the_queue_and_scales_back_to_zero(tmp_path: Path) -> None:
         "workers": 0,
     }
 
+    # The default model is the builtin one, run by the engine.
+    records = sorted((tmp_path / "demo" / "outbox").glob("*.json"))
+    assert len(records) == 4
+    for record in records:
+        model = json.loads(record.read_text())["model"]
+        assert model["backend"] == "onnx"
+        assert str(model["model_id"]).startswith("builtin-")
+
 
 def test_dead_letters_can_be_listed_and_redriven_from_the_cli(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"

@@ -195,3 +195,12 @@ def test_nnunet_builtin_runs_the_shipped_folder_with_nnunet() -> None:
     assert described["backend"] == "nnunet"
     assert described["folds"] == ["0"]
     assert "postprocessing" in described
+
+
+def test_builtin_mirrors_only_when_asked() -> None:
+    plain = load_segmenter("builtin?threads=1")
+    mirrored = load_segmenter("builtin?mirror=1&threads=1")
+
+    assert isinstance(plain, BuiltinSegmenter) and plain.mirror is False
+    assert isinstance(mirrored, BuiltinSegmenter) and mirrored.mirror is True
+    assert plain.model_id != mirrored.model_id
