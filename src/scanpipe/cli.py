@@ -46,6 +46,29 @@ _MODEL_OPTION = click.option(
 )
 
 
+def _metrics_options(default_port: int | None, when_unset: str) -> Any:
+    """``--metrics-port`` and ``--metrics-address`` with a command's default."""
+
+    def decorate(function: Any) -> Any:
+        function = click.option(
+            "--metrics-address",
+            envvar="SCANPIPE_METRICS_ADDRESS",
+            default="127.0.0.1",
+            show_default=True,
+            help="Address of /metrics; 0.0.0.0 to be scraped from other hosts.",
+        )(function)
+        return click.option(
+            "--metrics-port",
+            envvar="SCANPIPE_METRICS_PORT",
+            default=default_port,
+            type=click.IntRange(0, 65535),
+            help=f"Serve Prometheus metrics at this port (0: any free port) "
+            f"[default: {when_unset}].",
+        )(function)
+
+    return decorate
+
+
 def _print_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=None, sort_keys=True, default=str))
 
@@ -125,6 +148,7 @@ def phantom(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pricing_options
+@_metrics_options(0, "any free port")
 def demo(
     scans: int,
     run_dir: Path | None,
@@ -135,6 +159,8 @@ def demo(
     cooldown: float,
     as_json: bool,
     pricing: dict[str, Any],
+    metrics_port: int,
+    metrics_address: str,
 ) -> None:
     """Make phantoms, segment them with workers that scale 0 -> N -> 0, summarise."""
     from scanpipe.finops.report import build_report, format_report
@@ -147,7 +173,9 @@ def demo(
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"demo-{stamp}"
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
-    settings = _stack_settings(model, max_workers, cooldown)
+    settings = _stack_settings(
+        model, max_workers, cooldown, prices, metrics_port, metrics_address
+    )
     stack = EmbeddedStack(RunDir(run_dir), settings)
     started = time.time()
 
@@ -194,6 +222,7 @@ def demo(
     help="Serve the dashboard on 127.0.0.1 at this port (0: no dashboard).",
 )
 @pricing_options
+@_metrics_options(9108, "9108")
 def up(
     run_dir: Path,
     model: str,
@@ -201,16 +230,22 @@ def up(
     cooldown: float,
     dashboard_port: int,
     pricing: dict[str, Any],
+    metrics_port: int,
+    metrics_address: str,
 ) -> None:
     """Run the embedded stack until Ctrl-C: drop scans in DIR/inbox, find masks
     in DIR/outbox."""
     from scanpipe.dashboard import serve
     from scanpipe.stack import EmbeddedStack, RunDir
 
+    prices = build_pricing(pricing)
     stack = EmbeddedStack(
-        RunDir(run_dir), _stack_settings(model, max_workers, cooldown)
+        RunDir(run_dir),
+        _stack_settings(
+            model, max_workers, cooldown, prices, metrics_port, metrics_address
+        ),
     )
-    report_options = {"pricing": build_pricing(pricing)}
+    report_options = {"pricing": prices}
     server = (
         serve(stack.run_dir.root, port=dashboard_port, report_options=report_options)
         if dashboard_port
@@ -223,6 +258,7 @@ def up(
     )
     if server is not None:
         click.echo(f"dashboard at {server.url}", err=True)
+    click.echo(f"metrics at {stack.metrics_url}", err=True)
     _run_stack(stack, until_idle=False)
     if server is not None:
         server.stop()
@@ -404,6 +440,8 @@ def dlq_redrive(run_dir: Path, queue_url: str | None, max_messages: int | None) 
 )
 @click.option("--max-messages", default=None, type=click.IntRange(1))
 @click.option("--exit-when-idle", is_flag=True, help="Exit once the queue is empty.")
+@pricing_options
+@_metrics_options(None, "no endpoint")
 def worker(
     queue_url: str,
     input_url: str,
@@ -418,6 +456,9 @@ def worker(
     threads: int | None,
     max_messages: int | None,
     exit_when_idle: bool,
+    pricing: dict[str, Any],
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """One worker process: the container entrypoint of the cloud form."""
     if threads:
@@ -427,6 +468,7 @@ def worker(
     from scanpipe.models import load_segmenter
     from scanpipe.queue import open_queue
     from scanpipe.storage import open_store
+    from scanpipe.telemetry import start_worker_telemetry
     from scanpipe.worker.loop import Worker, WorkerSettings
 
     settings = WorkerSettings(
@@ -441,18 +483,26 @@ def worker(
     if max_voxels:
         settings.limits = ScanLimits(max_voxels=max_voxels)
 
+    telemetry = start_worker_telemetry(
+        metrics_address, metrics_port, pricing=build_pricing(pricing)
+    )
     ledger = Ledger(ledger_path) if ledger_path else None
     if ledger is not None:
         ledger.worker_started(settings.worker_id, pid=os.getpid())
     queue = open_queue(queue_url)
     input_store = open_store(input_url)
     output_store = open_store(output_url)
+    load_started = time.monotonic()
     try:
         segmenter = load_segmenter(model)
     except ScanpipeError:
         if ledger is not None:
             ledger.worker_stopped(settings.worker_id, "model_failed")
+        if telemetry is not None:
+            telemetry.stopped()
         raise
+    if telemetry is not None:
+        telemetry.model_loaded(time.monotonic() - load_started)
     if ledger is not None:
         ledger.model_loaded(settings.worker_id, segmenter.model_id)
     log.info("model loaded worker=%s model=%s", settings.worker_id, segmenter.model_id)
@@ -464,6 +514,7 @@ def worker(
         segmenter=segmenter,
         settings=settings,
         ledger=ledger,
+        metrics=telemetry,
     ).run()
     sys.exit(code)
 
@@ -509,13 +560,23 @@ def predict(
 # -- helpers -----------------------------------------------------------------------
 
 
-def _stack_settings(model: str, max_workers: int, cooldown: float) -> Any:
+def _stack_settings(
+    model: str,
+    max_workers: int,
+    cooldown: float,
+    pricing: Any,
+    metrics_port: int | None,
+    metrics_address: str,
+) -> Any:
     from scanpipe.autoscale import ScalingPolicy
     from scanpipe.stack import StackSettings
 
     return StackSettings(
         model=model,
         max_workers=max_workers,
+        pricing=pricing,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
         policy=ScalingPolicy(
             polling_interval_seconds=1.0,
             cooldown_period_seconds=cooldown,

@@ -26,6 +26,16 @@ ENVIRONMENT: dict[str, str] = {
     "SCANPIPE_PRICES": "JSON or TOML file overriding the built-in price catalog",
     "SCANPIPE_SPOT": "price worker nodes at their spot price (1 or 0)",
     "SCANPIPE_OPENCOST_URL": "OpenCost API URL `scanpipe report` prices from",
+    "SCANPIPE_METRICS_PORT": "port of /metrics, 0 for any free one (`worker`: "
+    "off unless set; `up`: 9108; `demo`: any free port)",
+    "SCANPIPE_METRICS_ADDRESS": "address /metrics listens on (default 127.0.0.1; "
+    "0.0.0.0 in a pod)",
+    "SCANPIPE_CPU_REQUEST_CORES": "CPU cores a worker requested, for CPU "
+    "efficiency (default: the priced instance's vCPUs)",
+    "SCANPIPE_MEMORY_REQUEST_BYTES": "memory a worker requested, in bytes, for "
+    "RAM efficiency (default: the priced instance's memory)",
+    "PROMETHEUS_MULTIPROC_DIR": "set by the embedded stack for its workers: "
+    "where they write the metrics its one endpoint serves",
 }
 
 DEFAULT_RUN_DIR = "scanpipe-run"

@@ -13,11 +13,13 @@ machine. The run directory::
       ledger.db         scans, worker lifetimes, scaling events
       logs/             one log file per worker process
       inbox-rejected/   files whose names cannot be object keys, with reasons
+      metrics/          the workers' Prometheus files, served as one endpoint
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -30,11 +32,13 @@ from typing import Any
 
 from scanpipe.autoscale import ScalingEvent, ScalingPolicy, Supervisor
 from scanpipe.events import QueueNotifier
+from scanpipe.finops.catalog import Pricing
 from scanpipe.inbox import InboxWatcher
 from scanpipe.ledger import Ledger, Sample
 from scanpipe.queue import open_queue
 from scanpipe.queue.base import Queue
 from scanpipe.storage.local import LocalStore
+from scanpipe.telemetry import StackTelemetry
 from scanpipe.usage import UsageSampler
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,10 @@ class RunDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
 
     @property
     def ledger_path(self) -> Path:
@@ -106,6 +114,13 @@ class StackSettings:
     worker_threads: int | None = None
     max_voxels: int | None = None
     inbox_settle_seconds: float = 1.0
+    #: Serve all workers' metrics on one /metrics endpoint at this port
+    #: (0: any free port); None serves none and the workers record none.
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
+    #: How the metrics price workers and the baseline; the catalog's
+    #: defaults (g5.xlarge workers, a t3.large node) when None.
+    pricing: Pricing | None = None
 
 
 class EmbeddedStack:
@@ -140,6 +155,17 @@ class EmbeddedStack:
         self._known_workers: set[str] = set()
         self._usage = UsageSampler()
         self._log_files: dict[str, Any] = {}
+        self._processes: dict[str, subprocess.Popen[Any]] = {}
+        self.telemetry: StackTelemetry | None = None
+        if settings.metrics_port is not None:
+            self.telemetry = StackTelemetry(run_dir.metrics, pricing=settings.pricing)
+            self.telemetry.serve(settings.metrics_address, settings.metrics_port)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the one /metrics endpoint of this stack is served, if it is."""
+        server = self.telemetry.server if self.telemetry else None
+        return server.url if server else None
 
     # -- supervisor hooks ------------------------------------------------------
 
@@ -162,11 +188,19 @@ class EmbeddedStack:
             worker_id=worker_id,
             ledger=self.run_dir.ledger_path,
         )
+        env = None
+        if self.telemetry is not None:
+            env = self.telemetry.worker_environment(dict(os.environ))
         log_file = open(self.run_dir.logs / f"{worker_id}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         log_file.close()  # the child holds its own descriptor
+        self._processes[worker_id] = process
         return process
 
     def _on_scale(self, event: ScalingEvent) -> None:
@@ -218,6 +252,14 @@ class EmbeddedStack:
             self.supervisor.shutdown()
             inbox_thread.join()
             self._close_worker_lifetimes()
+            if self.telemetry is not None:
+                # The last word: no worker is left running.
+                self.telemetry.observe(
+                    self.queue.depth(),
+                    dead_letters=self._dead_letters(),
+                    desired=0,
+                    exited_pids=self._exited_pids(),
+                )
 
     def _record_sample(self, desired: int | None) -> None:
         # One point per tick: the timeline of queue depth and workers that
@@ -227,15 +269,21 @@ class EmbeddedStack:
         for usage in self._usage.sample(pids):
             self.ledger.record_usage(usage)
         depth = self.queue.depth()
-        dlq = self.queue.dead_letter_queue()
-        dead = dlq.depth() if dlq is not None else None
+        dead_letters = self._dead_letters()
         running = self.supervisor.running
+        if self.telemetry is not None:
+            self.telemetry.observe(
+                depth,
+                dead_letters=dead_letters,
+                desired=desired,
+                exited_pids=self._exited_pids(),
+            )
         self.ledger.record_sample(
             Sample(
                 at=time.time(),
                 visible=depth.visible,
                 in_flight=depth.in_flight,
-                dead_letters=(dead.visible + dead.in_flight) if dead else 0,
+                dead_letters=dead_letters,
                 workers_desired=len(running) if desired is None else desired,
                 workers_running=len(running),
                 workers_busy=sum(
@@ -243,6 +291,17 @@ class EmbeddedStack:
                 ),
             )
         )
+
+    def _dead_letters(self) -> int:
+        dlq = self.queue.dead_letter_queue()
+        if dlq is None:
+            return 0
+        dead = dlq.depth()
+        return dead.visible + dead.in_flight
+
+    def _exited_pids(self) -> list[int]:
+        exited = [w for w, p in self._processes.items() if p.poll() is not None]
+        return [self._processes.pop(worker_id).pid for worker_id in exited]
 
     def _close_worker_lifetimes(self) -> None:
         # Workers killed with SIGKILL never record their own stop; the
@@ -252,6 +311,8 @@ class EmbeddedStack:
                 self.ledger.worker_stopped(worker.worker_id, "killed")
 
     def close(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.close()
         self.queue.close()
         self.ledger.close()
 

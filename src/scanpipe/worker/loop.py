@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from scanpipe.errors import (
     PermanentError,
@@ -42,6 +43,9 @@ from scanpipe.queue.base import Message, Queue
 from scanpipe.storage.base import ObjectStore
 from scanpipe.worker.heartbeat import Heartbeat
 from scanpipe.worker.outputs import output_keys, provenance_record
+
+if TYPE_CHECKING:
+    from scanpipe.telemetry import WorkerTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class Worker:
         segmenter: Segmenter,
         settings: WorkerSettings | None = None,
         ledger: Ledger | None = None,
+        metrics: WorkerTelemetry | None = None,
     ) -> None:
         self.queue = queue
         self.input_store = input_store
@@ -88,6 +93,7 @@ class Worker:
         self.segmenter = segmenter
         self.settings = settings or WorkerSettings()
         self.ledger = ledger
+        self.metrics = metrics
         self.stopping = threading.Event()
         self.messages_handled = 0
         self._stop_requested_at: float | None = None
@@ -159,6 +165,8 @@ class Worker:
     def _finish(self, reason: str) -> None:
         if self.ledger is not None:
             self.ledger.worker_stopped(self.settings.worker_id, reason)
+        if self.metrics is not None:
+            self.metrics.stopped()
         log.info(
             "worker stopped worker=%s reason=%s messages=%d",
             self.settings.worker_id,
@@ -176,18 +184,17 @@ class Worker:
             except ScanpipeError as exc:
                 log.warning("release failed error=%s", exc)
             log.info("message released id=%s why=%s", message.message_id, why)
-            if self.ledger is not None:
-                self.ledger.record_scan(
-                    ScanRecord(
-                        input_key=_message_label(message),
-                        outcome="released",
-                        finished_at=time.time(),
-                        worker_id=self.settings.worker_id,
-                        attempts=message.receive_count,
-                        reason="stopped",
-                        detail=why,
-                    )
+            self._record(
+                ScanRecord(
+                    input_key=_message_label(message),
+                    outcome="released",
+                    finished_at=time.time(),
+                    worker_id=self.settings.worker_id,
+                    attempts=message.receive_count,
+                    reason="stopped",
+                    detail=why,
                 )
+            )
 
     # -- the loop ------------------------------------------------------------
 
@@ -253,6 +260,8 @@ class Worker:
         busy_id = (
             self.ledger.busy_started(self.settings.worker_id) if self.ledger else 0
         )
+        if self.metrics is not None:
+            self.metrics.busy_started()
         try:
             with Heartbeat(self.queue, message.receipt_handle, self._visibility):
                 records = self._handle(message, received_at)
@@ -261,10 +270,17 @@ class Worker:
                 self._current = None
             if self.ledger is not None:
                 self.ledger.busy_ended(busy_id)
-        if self.ledger is not None:
-            for record in records:
-                self.ledger.record_scan(record)
+            if self.metrics is not None:
+                self.metrics.busy_ended()
+        for record in records:
+            self._record(record)
         return records
+
+    def _record(self, record: ScanRecord) -> None:
+        if self.ledger is not None:
+            self.ledger.record_scan(record)
+        if self.metrics is not None:
+            self.metrics.scan_recorded(record)
 
     def _handle(self, message: Message, received_at: float) -> list[ScanRecord]:
         try:
