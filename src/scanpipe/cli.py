@@ -23,6 +23,7 @@ import click
 from scanpipe import __version__, config, logs
 from scanpipe.cli_aws import aws
 from scanpipe.cli_events import events
+from scanpipe.cli_models import evaluate, export, tradeoff
 from scanpipe.cli_report import build_pricing, pricing_options, report
 from scanpipe.errors import ConfigError, ScanpipeError
 
@@ -88,6 +89,9 @@ def cli(debug: bool, log_level: str) -> None:
 
 
 cli.add_command(aws)
+cli.add_command(export)
+cli.add_command(evaluate)
+cli.add_command(tradeoff)
 cli.add_command(events)
 cli.add_command(report)
 
