@@ -138,3 +138,19 @@ def test_bad_options_say_what_was_expected(tmp_path: Path, demo_run) -> None:
     opencost = run_cli("report", "--dir", str(run_dir), "--opencost", "ftp://x")
     assert opencost.returncode == 1
     assert "http(s) URL" in opencost.stderr
+
+
+def test_each_provenance_record_carries_its_settled_cost(
+    demo_run: tuple[Path, dict],
+) -> None:
+    run_dir, _ = demo_run
+    doc = json.loads(run_cli("report", "--dir", str(run_dir), "--json").stdout)
+
+    records = [
+        json.loads(path.read_text()) for path in (run_dir / "outbox").glob("*.json")
+    ]
+    assert len(records) == 3
+    total = sum(record["cost"]["total_usd"] for record in records)
+    assert total == pytest.approx(doc["cost_usd"], rel=0.01)
+    for record in records:
+        assert record["cost"]["priced_as"].startswith("g5.xlarge")

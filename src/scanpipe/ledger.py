@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +83,23 @@ CREATE TABLE IF NOT EXISTS samples (
     workers_busy INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
+CREATE TABLE IF NOT EXISTS settlements (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    window_start REAL NOT NULL,
+    window_end REAL NOT NULL,
+    priced_as TEXT NOT NULL,
+    total_usd REAL NOT NULL,
+    settled_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scan_costs (
+    scan_id INTEGER PRIMARY KEY REFERENCES scans (id),
+    settlement_id INTEGER NOT NULL REFERENCES settlements (id),
+    busy_seconds REAL NOT NULL,
+    compute_usd REAL NOT NULL,
+    cold_start_usd REAL NOT NULL,
+    cooldown_tail_usd REAL NOT NULL,
+    baseline_usd REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (
     worker_id TEXT PRIMARY KEY,
     cpu_core_seconds REAL,
@@ -115,6 +132,8 @@ class ScanRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float | None = None
     end_to_end_seconds: float | None = None
+    #: The ledger's row id; None until the record is read back.
+    scan_id: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +149,18 @@ class WorkerLifetime:
     stopped_at: float | None
     stop_reason: str | None
     busy: tuple[tuple[float, float | None], ...]
+
+
+@dataclass(frozen=True)
+class ScanCostRow:
+    """The settled cost of one scan record, in USD."""
+
+    scan_id: int
+    busy_seconds: float
+    compute_usd: float
+    cold_start_usd: float
+    cooldown_tail_usd: float
+    baseline_usd: float
 
 
 @dataclass(frozen=True)
@@ -363,6 +394,7 @@ class Ledger:
             "seconds",
             "total_seconds",
             "end_to_end_seconds",
+            "id AS scan_id",
         ]
         rows = self._query(
             f"SELECT {', '.join(columns)} FROM scans WHERE finished_at >= ? "
@@ -371,10 +403,65 @@ class Ledger:
         )
         records = []
         for row in rows:
-            fields: dict[str, Any] = dict(zip(columns, row, strict=True))
+            names = [column.rpartition(" ")[2] for column in columns]
+            fields: dict[str, Any] = dict(zip(names, row, strict=True))
             fields["seconds"] = json.loads(fields["seconds"])
             records.append(ScanRecord(**fields))
         return records
+
+    # -- costs ---------------------------------------------------------------
+
+    def record_settlement(
+        self,
+        *,
+        window_start: float,
+        window_end: float,
+        priced_as: str,
+        costs: Sequence[ScanCostRow],
+    ) -> int:
+        """Store the final cost of each scan of a settled window; its id."""
+        total = sum(
+            c.compute_usd + c.cold_start_usd + c.cooldown_tail_usd + c.baseline_usd
+            for c in costs
+        )
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "INSERT INTO settlements (window_start, window_end, priced_as, "
+                "total_usd, settled_at) VALUES (?, ?, ?, ?, ?)",
+                (window_start, window_end, priced_as, total, time.time()),
+            )
+            settlement_id = int(cursor.lastrowid or 0)
+            conn.executemany(
+                "INSERT OR REPLACE INTO scan_costs (scan_id, settlement_id, "
+                "busy_seconds, compute_usd, cold_start_usd, cooldown_tail_usd, "
+                "baseline_usd) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.scan_id,
+                        settlement_id,
+                        c.busy_seconds,
+                        c.compute_usd,
+                        c.cold_start_usd,
+                        c.cooldown_tail_usd,
+                        c.baseline_usd,
+                    )
+                    for c in costs
+                ],
+            )
+        return settlement_id
+
+    def settled_until(self) -> float | None:
+        """The end of the last settled window, if any was settled."""
+        rows = self._query("SELECT MAX(window_end) FROM settlements")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def scan_costs(self) -> dict[int, ScanCostRow]:
+        """The settled cost of every scan that has one, by scan id."""
+        rows = self._query(
+            "SELECT scan_id, busy_seconds, compute_usd, cold_start_usd, "
+            "cooldown_tail_usd, baseline_usd FROM scan_costs"
+        )
+        return {row[0]: ScanCostRow(*row) for row in rows}
 
     # -- scaling -------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from typing import Any
 from scanpipe.autoscale import ScalingEvent, ScalingPolicy, Supervisor
 from scanpipe.events import QueueNotifier
 from scanpipe.finops.catalog import Pricing
+from scanpipe.finops.settle import settle
 from scanpipe.inbox import InboxWatcher
 from scanpipe.ledger import Ledger, Sample
 from scanpipe.queue import open_queue
@@ -138,6 +139,7 @@ class EmbeddedStack:
         self.ledger = Ledger(run_dir.ledger_path)
         self.input_store = LocalStore(run_dir.input, bucket="input")
         self.input_store.add_put_listener(QueueNotifier(self.queue))
+        self.output_store = LocalStore(run_dir.outbox, bucket="output")
         self.inbox = InboxWatcher(
             run_dir.inbox,
             self.input_store,
@@ -252,6 +254,7 @@ class EmbeddedStack:
             self.supervisor.shutdown()
             inbox_thread.join()
             self._close_worker_lifetimes()
+            self.settle_costs()
             if self.telemetry is not None:
                 # The last word: no worker is left running.
                 self.telemetry.observe(
@@ -268,6 +271,9 @@ class EmbeddedStack:
         pids = {self._worker_id(w): pid for w, pid in self.supervisor.pids.items()}
         for usage in self._usage.sample(pids):
             self.ledger.record_usage(usage)
+        if not pids:
+            # Back at zero: the cooldown tails are over, the bill is final.
+            self.settle_costs()
         depth = self.queue.depth()
         dead_letters = self._dead_letters()
         running = self.supervisor.running
@@ -309,6 +315,15 @@ class EmbeddedStack:
         for worker in self.ledger.workers():
             if worker.stopped_at is None and worker.worker_id.endswith(self.run_token):
                 self.ledger.worker_stopped(worker.worker_id, "killed")
+
+    def settle_costs(self) -> None:
+        """Give each scan since the last settlement its final cost, in the
+        ledger and in its provenance record (see :mod:`scanpipe.finops.settle`)."""
+        settle(
+            self.ledger,
+            self.settings.pricing or Pricing(),
+            output_store=self.output_store,
+        )
 
     def close(self) -> None:
         if self.telemetry is not None:

@@ -145,6 +145,9 @@ class ScanCost:
     cold_start_usd: float
     cooldown_tail_usd: float
     baseline_usd: float
+    #: The scan's ledger row and its mask key, where known.
+    scan_id: int | None = None
+    output_key: str | None = None
 
     @property
     def total_usd(self) -> float:
@@ -236,6 +239,8 @@ class _Row:
             cold_start_usd=self.costs["cold_start"],
             cooldown_tail_usd=self.costs["cooldown_tail"],
             baseline_usd=self.costs["baseline"],
+            scan_id=self.scan.scan_id,
+            output_key=self.scan.output_key,
         )
 
 
