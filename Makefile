@@ -36,6 +36,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/queue_throughput.py
 	$(BIN)/python bench/pipeline_overhead.py
 	$(BIN)/python bench/scale_from_zero.py
+	$(BIN)/python bench/engine_vs_nnunet.py
 
 system-deps:
 	@missing=""; for c in $(SYSTEM_COMMANDS); do \

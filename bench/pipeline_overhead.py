@@ -7,6 +7,7 @@ validation and decoding, mask encoding and upload, queue calls. Target: under
 5 % of the segmenter time.
 
     .venv/bin/python bench/pipeline_overhead.py [--size 256] [--repeats 3]
+        [--model builtin]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", default="threshold")
+    parser.add_argument("--model", default="builtin")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

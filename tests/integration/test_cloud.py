@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from scanpipe.cloud.bootstrap import bootstrap
-from scanpipe.cloud.clients import make_client
+from scanpipe.cloud.clients import READ_TIMEOUT_SECONDS, make_client
 from scanpipe.queue.base import QueueDepth
 from scanpipe.queue.sqs import SqsQueue
 from tests.aws import (
@@ -181,12 +181,20 @@ def run_cli(stack: Stack, *arguments: str) -> str:
     return result.stdout
 
 
-def wait_until(condition: Callable[[], Any], what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after a bound."""
-    deadline = time.monotonic() + PATIENCE_SECONDS
+def wait_until(
+    condition: Callable[[], Any],
+    what: str,
+    *,
+    seconds: float = PATIENCE_SECONDS,
+    log_path: Path | None = None,
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after a bound
+    (with the tail of the worker's log, where one is given)."""
+    deadline = time.monotonic() + seconds
     while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting until {what}")
+            tail = "" if log_path is None else "\n" + log_text(log_path)[-3000:]
+            raise AssertionError(f"gave up waiting until {what}{tail}")
         time.sleep(0.05)
     return value
 
@@ -415,9 +423,14 @@ def test_the_worker_rides_out_an_endpoint_outage(
     wait_until(lambda: "worker started" in log_text(log_path), "the worker started")
 
     own_server.stop()
+    # A request in flight when the server died can hang on a half-open
+    # connection until the client's read timeout: that, too, is an outage
+    # the worker must notice, so the wait allows for it.
     wait_until(
         lambda: log_text(log_path).count("receive failed") >= 2,
         "the worker noticed the outage twice",
+        seconds=PATIENCE_SECONDS + 2 * READ_TIMEOUT_SECONDS,
+        log_path=log_path,
     )
     # moto keeps its state in memory: the restarted server is empty, so the
     # same stack is created again, under the same URLs.
@@ -426,7 +439,12 @@ def test_the_worker_rides_out_an_endpoint_outage(
     assert again.queue_url == stack.queue_url
     make_upload(stack, "scan.nii.gz", make_scan(tmp_path / "scan.nii.gz"))
 
-    wait_until(lambda: provenance_of(stack, "scan.nii.gz"), "the scan was done")
+    wait_until(
+        lambda: provenance_of(stack, "scan.nii.gz"),
+        "the scan was done",
+        seconds=PATIENCE_SECONDS + 2 * READ_TIMEOUT_SECONDS,
+        log_path=log_path,
+    )
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=PATIENCE_SECONDS) == 0
     log = log_text(log_path)
