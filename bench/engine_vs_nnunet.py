@@ -2,7 +2,7 @@
 
 Both backends run the same model folder on the same volume with the same
 settings and thread count, each in a fresh process so that peak resident
-memory (``ru_maxrss``) belongs to one backend alone. Two models:
+memory (``VmHWM``) belongs to one backend alone. Two models:
 
 * ``builtin``: the shipped phantom model (4 stages, 8-64 features, 64^3
   patch) on a 96x96x64 phantom at 0.4 mm (4 patches);
@@ -91,6 +91,19 @@ def make_full_model(root: Path) -> tuple[Path, Path]:
     return nnunet_dir, onnx_dir
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory in KiB.
+
+    ``VmHWM`` belongs to the process image, which starts anew at exec;
+    ``ru_maxrss`` does not: on Linux it carries over the parent's resident
+    size at fork, so a child of a large parent would report the parent's.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def child(args: argparse.Namespace) -> None:
     """Run one backend on one setting and print a JSON line."""
     from scanpipe.models.base import Volume
@@ -111,7 +124,7 @@ def child(args: argparse.Namespace) -> None:
 
         segmenter = NnunetSegmenter(args.folder, mirror=mirror, threads=threads)
     load_seconds = time.perf_counter() - started
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_loaded = peak_rss_kib()
 
     segmenter.segment(volume)  # warm-up: first-call allocations and caches
     seconds = []
@@ -119,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         segmenter.segment(volume)
         seconds.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     print(
         json.dumps(
             {

@@ -74,6 +74,40 @@ def test_predict_writes_a_mask_with_the_input_geometry(tmp_path: Path) -> None:
     assert np.allclose(mask.affine, nib.load(scan).affine)
 
 
+def test_predict_makes_the_mask_folder(tmp_path: Path) -> None:
+    scan = scans.make_scan(tmp_path / "in.nii.gz", shape=(32, 32, 24))
+    out = tmp_path / "new" / "folder" / "out.nii.gz"
+
+    result = run_cli("predict", str(scan), str(out), "--model", "threshold")
+
+    assert result.returncode == 0, result.stderr
+    assert nib.load(out).shape == (32, 32, 24)
+
+
+def test_predict_refuses_a_mask_path_that_is_not_nifti(tmp_path: Path) -> None:
+    scan = scans.make_scan(tmp_path / "in.nii.gz", shape=(32, 32, 24))
+
+    result = run_cli("predict", str(scan), str(tmp_path / "out.png"))
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Expected the mask's path to end in .nii")
+
+
+def test_an_unwritable_mask_path_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    scan = scans.make_scan(tmp_path / "in.nii.gz", shape=(32, 32, 24))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    result = run_cli(
+        "predict", str(scan), str(blocker / "out.nii.gz"), "--model", "threshold"
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+    assert str(blocker) in result.stderr
+
+
 def test_predict_rejects_a_bad_scan_with_a_sentence(tmp_path: Path) -> None:
     bad = scans.make_huge_dims(tmp_path / "huge.nii.gz")
 

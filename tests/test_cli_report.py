@@ -73,6 +73,19 @@ def test_json_has_the_business_and_efficiency_fields(
         assert 0 < doc[field] <= 1, field
 
 
+def test_the_demo_bill_is_the_report_of_its_run_directory(
+    demo_run: tuple[Path, dict],
+) -> None:
+    run_dir, demo = demo_run
+    doc = json.loads(run_cli("report", "--dir", str(run_dir), "--json").stdout)
+
+    assert demo["cost"]["window"] == doc["window"]
+    assert demo["cost"]["cost_usd"] == pytest.approx(doc["cost_usd"])
+    assert demo["cost"]["cost_breakdown_usd"] == pytest.approx(
+        doc["cost_breakdown_usd"]
+    )
+
+
 def test_per_scan_costs_add_up_to_the_total(demo_run: tuple[Path, dict]) -> None:
     run_dir, _ = demo_run
     doc = json.loads(run_cli("report", "--dir", str(run_dir), "--json").stdout)

@@ -182,6 +182,10 @@ def demo(
     )
     stack = EmbeddedStack(RunDir(run_dir), settings)
     started = time.time()
+    # In a new run directory the bill covers the run from its first activity,
+    # as `scanpipe report --dir` and the dashboard count it; in one used
+    # before, it starts now so that earlier runs stay out of it.
+    cost_since = started if stack.ledger.workers() else None
 
     images = write_dataset(
         run_dir / "phantoms", count=scans, seed=seed, shape=shape, spacing=0.4
@@ -193,7 +197,7 @@ def demo(
     with _StackProgress(scans, enabled=not as_json) as progress:
         _run_stack(stack, until_idle=True, on_tick=progress.update)
     summary = summarize(stack.ledger, stack.queue, since=started)
-    cost = build_report(stack.ledger, since=started, pricing=prices)
+    cost = build_report(stack.ledger, since=cost_since, pricing=prices)
     stack.close()
 
     if as_json:
@@ -543,6 +547,13 @@ def predict(
     from scanpipe.models import load_segmenter
     from scanpipe.worker.outputs import label_statistics
 
+    if not output_path.name.endswith((".nii", ".nii.gz")):
+        raise ConfigError(
+            f"Expected the mask's path to end in .nii or .nii.gz, but got "
+            f"{output_path}."
+        )
+    # Made before the model loads: a bad output path should cost nothing.
+    output_path.parent.mkdir(parents=True, exist_ok=True)
     segmenter = load_segmenter(model)
     limits = ScanLimits(max_voxels=max_voxels) if max_voxels else ScanLimits()
     volume = load_scan(input_path, limits)
@@ -710,4 +721,12 @@ def main() -> None:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        # A file the user named cannot be read or written (permissions, a
+        # full disk): their problem to fix, so one line, not a traceback.
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(1)
