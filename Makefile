@@ -56,11 +56,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-# The tests cover the nnU-Net backend too, so they install its extra
-# (torch==2.13.0 is the CPU build these machines carry).
+# The tests cover the nnU-Net backend and the OpenVINO runtime too, so they
+# install both extras (torch==2.13.0 is the CPU build these machines carry).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev,nnunet]'
+	$(PIP) install -e '.[dev,nnunet,openvino]'
 	touch $(VENV)/.installed $@
 
 clean:

@@ -13,7 +13,7 @@ memory (``VmHWM``) belongs to one backend alone. Two models:
 Each setting is timed after one warm-up scan; the figure is the median.
 
     .venv/bin/python bench/engine_vs_nnunet.py [--threads 1] [--models builtin,full]
-        [--mirror off,on] [--repeats 3] [--json]
+        [--mirror off,on] [--runtimes onnxruntime,openvino] [--repeats 3] [--json]
 
 Needs the nnunet extra (torch, nnunetv2, onnx) to build and run the reference.
 """
@@ -118,7 +118,9 @@ def child(args: argparse.Namespace) -> None:
     if args.backend == "engine":
         from scanpipe.models.engine import OnnxSegmenter
 
-        segmenter: Any = OnnxSegmenter(args.folder, mirror=mirror, threads=threads)
+        segmenter: Any = OnnxSegmenter(
+            args.folder, mirror=mirror, threads=threads, runtime=args.runtime
+        )
     else:
         from scanpipe.models.nnunet import NnunetSegmenter
 
@@ -146,7 +148,12 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(
-    backend: str, folder: Path, mirror: str, shape: str, args: argparse.Namespace
+    backend: str,
+    folder: Path,
+    mirror: str,
+    shape: str,
+    args: argparse.Namespace,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     env = dict(os.environ)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -167,6 +174,8 @@ def run_child(
         str(args.threads),
         "--repeats",
         str(args.repeats),
+        "--runtime",
+        runtime,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -180,6 +189,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="builtin,full")
     parser.add_argument("--mirror", default="off,on")
+    parser.add_argument(
+        "--runtimes",
+        default="onnxruntime,openvino",
+        help="the engine's runtimes to time (openvino needs the openvino extra)",
+    )
     parser.add_argument("--builtin-shape", default="96x96x64")
     parser.add_argument("--full-shape", default="128x128x128")
     parser.add_argument("--work", type=Path, default=None, help="cache folder")
@@ -188,6 +202,7 @@ def main() -> None:
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="onnxruntime", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -207,34 +222,37 @@ def main() -> None:
     rows = []
     for name, (nnunet_dir, onnx_dir, shape) in models.items():
         for mirror in args.mirror.split(","):
-            engine = run_child("engine", onnx_dir, mirror, shape, args)
             nnunet = run_child("nnunet", nnunet_dir, mirror, shape, args)
-            rows.append(
-                {
-                    "model": name,
-                    "shape": shape,
-                    "mirror": mirror,
-                    "threads": args.threads,
-                    "engine": engine,
-                    "nnunet": nnunet,
-                    "speedup": round(
-                        nnunet["seconds_per_scan"] / engine["seconds_per_scan"], 2
-                    ),
-                    "memory_ratio": round(
-                        engine["peak_rss_mib"] / nnunet["peak_rss_mib"], 2
-                    ),
-                }
-            )
-            if not args.json:
-                print(
-                    f"{name:8s} {shape:12s} mirror={mirror:3s} "
-                    f"engine {engine['seconds_per_scan']:7.2f} s "
-                    f"{engine['peak_rss_mib']:5d} MiB | nnunet "
-                    f"{nnunet['seconds_per_scan']:7.2f} s "
-                    f"{nnunet['peak_rss_mib']:5d} MiB | "
-                    f"speedup {rows[-1]['speedup']:.2f}x",
-                    flush=True,
+            for runtime in args.runtimes.split(","):
+                engine = run_child("engine", onnx_dir, mirror, shape, args, runtime)
+                rows.append(
+                    {
+                        "model": name,
+                        "shape": shape,
+                        "mirror": mirror,
+                        "threads": args.threads,
+                        "runtime": runtime,
+                        "engine": engine,
+                        "nnunet": nnunet,
+                        "speedup": round(
+                            nnunet["seconds_per_scan"] / engine["seconds_per_scan"],
+                            2,
+                        ),
+                        "memory_ratio": round(
+                            engine["peak_rss_mib"] / nnunet["peak_rss_mib"], 2
+                        ),
+                    }
                 )
+                if not args.json:
+                    print(
+                        f"{name:8s} {shape:12s} mirror={mirror:3s} "
+                        f"engine/{runtime:11s} {engine['seconds_per_scan']:7.2f} s "
+                        f"{engine['peak_rss_mib']:5d} MiB | nnunet "
+                        f"{nnunet['seconds_per_scan']:7.2f} s "
+                        f"{nnunet['peak_rss_mib']:5d} MiB | "
+                        f"speedup {rows[-1]['speedup']:.2f}x",
+                        flush=True,
+                    )
     if args.json:
         print(json.dumps(rows, indent=2))
 

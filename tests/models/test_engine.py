@@ -6,8 +6,11 @@ or copies of it broken on purpose.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,50 @@ def test_spec_options_are_parsed_and_checked() -> None:
         OnnxSegmenter.from_spec(str(BUILTIN_ONNX), {"step": "1.5"})
     with pytest.raises(ModelError, match="device"):
         OnnxSegmenter.from_spec(str(BUILTIN_ONNX), {"device": "tpu"})
+    with pytest.raises(ModelError, match="runtime"):
+        OnnxSegmenter.from_spec(str(BUILTIN_ONNX), {"runtime": "tensorrt"})
+    with pytest.raises(ModelError, match="CPU only"):
+        OnnxSegmenter.from_spec(
+            str(BUILTIN_ONNX), {"runtime": "openvino", "device": "cuda"}
+        )
+
+
+def test_onnxruntime_is_the_default_runtime() -> None:
+    segmenter = OnnxSegmenter.from_spec(str(BUILTIN_ONNX), {"threads": "1"})
+    assert segmenter.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None,
+    reason="OpenVINO is not installed (pip install 'scanpipe[openvino]')",
+)
+def test_openvino_runs_the_same_model_to_the_same_masks() -> None:
+    openvino = OnnxSegmenter.from_spec(
+        str(BUILTIN_ONNX), {"mirror": "0", "threads": "1", "runtime": "openvino"}
+    )
+    onnxruntime = OnnxSegmenter(BUILTIN_ONNX, mirror=False, threads=1)
+    volume, _ = make_volume(seed=21)
+
+    assert openvino.describe()["providers"] == ["OpenVINO:CPU"]
+    # The runtime changes rounding, not the model: outputs keep their keys.
+    assert openvino.model_id == onnxruntime.model_id
+    ours, theirs = openvino.segment(volume).labels, onnxruntime.segment(volume).labels
+    for label in (JAW, TEETH):
+        assert dice(ours, theirs, label) >= 0.998
+
+
+def test_openvino_missing_says_how_to_install_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['openvino'] = None\n"
+        "from scanpipe.models.engine import OnnxSegmenter\n"
+        f"OnnxSegmenter({str(BUILTIN_ONNX)!r}, runtime='openvino')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "pip install 'scanpipe[openvino]'" in result.stderr
 
 
 # --- volumes of awkward shapes ---------------------------------------------
@@ -209,7 +256,7 @@ BAD_FOLDERS = [
     ),
     pytest.param(
         _replace_network,
-        ("network.onnx", "ONNX Runtime refused"),
+        ("network.onnx", "refused it"),
         id="network-not-onnx",
     ),
     pytest.param(

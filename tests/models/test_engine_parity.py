@@ -4,12 +4,14 @@ The reference is nnunetv2's own ``nnUNetPredictor.predict_single_npy_array``
 on the builtin model's nnU-Net folder; the engine runs the export of that
 folder. Cases cover resampling, anisotropic spacing along different axes,
 volumes smaller than the patch, a transposed plan, mirroring on and off, and
-one and two folds. Preprocessing is also compared array for array.
+one and two folds, on each runtime the engine has (ONNX Runtime, OpenVINO).
+Preprocessing is also compared array for array.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import shutil
@@ -45,6 +47,13 @@ from scanpipe.models.export import export_model  # noqa: E402
 from scanpipe.models.nnunet import NnunetSegmenter  # noqa: E402
 
 MIN_DICE = 0.999
+#: The least Dice of each runtime installed here (`make test` installs both):
+#: ONNX Runtime, the default, meets the engine's promise; OpenVINO's less
+#: exact instance normalisation flips a few more voxels on ties (see
+#: scanpipe.models.engine.session).
+RUNTIMES = {"onnxruntime": MIN_DICE} | (
+    {"openvino": 0.998} if importlib.util.find_spec("openvino") is not None else {}
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -220,16 +229,17 @@ def test_engine_masks_match_nnunet(
 ) -> None:
     nnunet_dir, onnx_dir = folders[variant]
     volume = make_volume()
-    engine = OnnxSegmenter(onnx_dir, mirror=mirror, threads=1)
-
-    ours = engine.segment(volume).labels
     reference = nnunet_labels(predictors(nnunet_dir, mirror), volume)
-
-    assert ours.shape == reference.shape == volume.data.shape
     # Nothing is vacuous: the reference finds foreground in every case.
     assert set(np.unique(reference)) - {0}
-    for label, score in per_label_dice(ours, reference).items():
-        assert score >= MIN_DICE, f"label {label}: Dice {score:.5f}"
+
+    # Every runtime the engine can run on here gives nnU-Net's masks.
+    for runtime, least in RUNTIMES.items():
+        engine = OnnxSegmenter(onnx_dir, mirror=mirror, threads=1, runtime=runtime)
+        ours = engine.segment(volume).labels
+        assert ours.shape == reference.shape == volume.data.shape
+        for label, score in per_label_dice(ours, reference).items():
+            assert score >= least, f"{runtime}, label {label}: Dice {score:.5f}"
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ class BuiltinSegmenter(OnnxSegmenter):
         step: float = 0.5,
         threads: int | None = None,
         device: str = "auto",
+        runtime: str = "onnxruntime",
         batch_size: int = 1,
     ) -> None:
         super().__init__(
@@ -43,6 +44,7 @@ class BuiltinSegmenter(OnnxSegmenter):
             step=step,
             threads=threads,
             device=device,
+            runtime=runtime,
             batch_size=batch_size,
             id_prefix="builtin",
         )

@@ -29,13 +29,13 @@ from scanpipe.models.engine.manifest import file_sha256, read_manifest
 from scanpipe.models.engine.plans import load_plans
 from scanpipe.models.engine.preprocessing import preprocess
 from scanpipe.models.engine.restore import logits_to_labels
-from scanpipe.models.engine.session import DEVICES, OnnxNetwork
+from scanpipe.models.engine.session import DEVICES, RUNTIMES, open_network
 from scanpipe.models.engine.sliding_window import predict_logits
 
 log = logging.getLogger(__name__)
 
 #: Options an ``onnx:PATH?...`` spec accepts.
-SPEC_OPTIONS = ("mirror", "step", "threads", "device", "batch")
+SPEC_OPTIONS = ("mirror", "step", "threads", "device", "runtime", "batch")
 
 
 def engine_options(options: Mapping[str, str]) -> dict[str, Any]:
@@ -46,6 +46,7 @@ def engine_options(options: Mapping[str, str]) -> dict[str, Any]:
         "step": spec_options.tile_step(options),
         "threads": spec_options.positive_int(options, "threads"),
         "device": spec_options.choice(options, "device", DEVICES, "auto"),
+        "runtime": spec_options.choice(options, "runtime", RUNTIMES, "onnxruntime"),
         "batch_size": spec_options.positive_int(options, "batch") or 1,
     }
 
@@ -59,8 +60,10 @@ class OnnxSegmenter(Segmenter):
         mirror: test-time mirroring over the axes the model allows
             (nnU-Net's default; about 8x the network time).
         step: tile step as a fraction of the patch size (nnU-Net: 0.5).
-        threads: ONNX Runtime intra-op threads.
+        threads: intra-op threads of the runtime.
         device: ``auto``, ``cpu`` or ``cuda``.
+        runtime: ``onnxruntime`` or ``openvino`` (CPU only, faster, a
+            little less exact; see :mod:`scanpipe.models.engine.session`).
         batch_size: patches per network call; larger batches help on GPUs.
         id_prefix: first part of ``model_id``.
 
@@ -76,6 +79,7 @@ class OnnxSegmenter(Segmenter):
         step: float = 0.5,
         threads: int | None = None,
         device: str = "auto",
+        runtime: str = "onnxruntime",
         batch_size: int = 1,
         id_prefix: str = "onnx",
     ) -> None:
@@ -109,13 +113,14 @@ class OnnxSegmenter(Segmenter):
         self.batch_size = batch_size
         self.model_dir = model_dir
         self._mirror_axes = self.manifest.mirror_axes if mirror else None
-        self._network = OnnxNetwork(
+        self._network = open_network(
             network_path,
             input_channels=self.plans.input_channels,
             num_heads=self.plans.num_heads,
             patch_size=self.plans.patch_size,
             threads=threads,
             device=device,
+            runtime=runtime,
         )
         self.model_id = f"{id_prefix}-{self._fingerprint(model_dir, digest)}"
         log.info(

@@ -1,16 +1,31 @@
-"""The network as an ONNX Runtime session: providers, threads, shape checks.
+"""The network as a runtime session: ONNX Runtime or OpenVINO, threads, shapes.
 
-A session is built once per worker. It runs on CUDA when ONNX Runtime's CUDA
-provider is installed and the device allows it, otherwise on the CPU, with
-the worker's thread count for intra-op parallelism and one inter-op thread
-(the graph is a single chain of convolutions, so more buys nothing).
+A session is built once per worker. Two runtimes run the same exported
+``network.onnx``:
+
+* ONNX Runtime (the default, in the default install): on CUDA when its CUDA
+  provider is installed and the device allows it, otherwise on the CPU. Its
+  masks match nnU-Net's to Dice >= 0.999 per label in the parity tests.
+* OpenVINO (``runtime=openvino``, ``pip install 'scanpipe[openvino]'``), CPU
+  only: its 3D convolutions run well ahead of ONNX Runtime's on x86 (see
+  BENCHMARKS.md). It computes in float32, as nnU-Net does (its default on CPUs
+  with bfloat16 units would change the masks), but its instance
+  normalisation is less exact: logits differ from a float64 reference by
+  about 1e-4 where ONNX Runtime's differ by 5e-6, so a voxel on a tie between
+  two labels flips a little more often (Dice >= 0.998 in the parity tests).
+
+Both get the worker's thread count for intra-op parallelism and one stream
+(the graph is a single chain of convolutions, so more buys nothing for one
+scan at a time).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +35,60 @@ from scanpipe.errors import ModelError
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("onnxruntime", "openvino")
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
+
+
+class Network(Protocol):
+    """What the sliding window needs: (N, C, *patch) in, (N, heads, *patch) out."""
+
+    #: Where it runs, for the provenance record: ONNX Runtime's provider
+    #: names, or ``OpenVINO:CPU``.
+    providers: list[str]
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
+
+
+def open_network(
+    path: Path,
+    *,
+    input_channels: int,
+    num_heads: int,
+    patch_size: tuple[int, ...],
+    threads: int | None = None,
+    device: str = "auto",
+    runtime: str = "onnxruntime",
+) -> Network:
+    """Load ``path`` on the runtime and device asked for.
+
+    Raises:
+        ModelError: the runtime or device is unknown or not installed, the file
+            cannot be loaded, or its shapes do not match the plans.
+    """
+    if runtime not in RUNTIMES:
+        raise ModelError(f"Expected runtime in {RUNTIMES}, but got {runtime!r}.")
+    if runtime == "openvino" and device == "cuda":
+        raise ModelError(
+            "Expected device=cpu or auto with runtime=openvino, but got "
+            "device=cuda: scanpipe runs OpenVINO on the CPU only."
+        )
+    if runtime == "openvino":
+        return OpenVinoNetwork(
+            path,
+            input_channels=input_channels,
+            num_heads=num_heads,
+            patch_size=patch_size,
+            threads=threads,
+        )
+    return OnnxNetwork(
+        path,
+        input_channels=input_channels,
+        num_heads=num_heads,
+        patch_size=patch_size,
+        threads=threads,
+        device=device,
+    )
 
 
 class OnnxNetwork:
@@ -87,7 +154,14 @@ class OnnxNetwork:
 
         self.providers: list[str] = list(self._session.get_providers())
         self._input = self._session.get_inputs()[0].name
-        _check_shapes(self._session, path, input_channels, num_heads, patch_size)
+        _check_shapes(
+            path,
+            [i.shape for i in self._session.get_inputs()],
+            [o.shape for o in self._session.get_outputs()],
+            input_channels,
+            num_heads,
+            patch_size,
+        )
         log.info(
             "onnx session ready path=%s providers=%s threads=%s",
             path.name,
@@ -105,16 +179,98 @@ def _env_threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+class OpenVinoNetwork:
+    """A loaded ONNX network run by OpenVINO on the CPU, in float32.
+
+    Args:
+        path: the ``.onnx`` file.
+        input_channels, num_heads, patch_size: what the plans promise.
+        threads: inference threads; by default ``OMP_NUM_THREADS`` or
+            OpenVINO's own choice.
+
+    Raises:
+        ModelError: OpenVINO is not installed, or the file cannot be loaded,
+            or its shapes do not match the plans.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        input_channels: int,
+        num_heads: int,
+        patch_size: tuple[int, ...],
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ModelError(
+                "Expected OpenVINO for runtime=openvino, but it is not installed "
+                "(pip install 'scanpipe[openvino]')."
+            ) from exc
+
+        threads = threads or _env_threads()
+        config = {
+            # nnU-Net and ONNX Runtime compute in float32; OpenVINO would
+            # pick bfloat16 on CPUs that have it, and masks would drift.
+            "INFERENCE_PRECISION_HINT": "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        try:
+            # The ONNX front end alone: read_model would try every framework
+            # OpenVINO knows on a damaged file, and each prints its complaint.
+            frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
+            model = frontend.convert(frontend.load(str(path)))
+            compiled = ov.Core().compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises its own untyped errors
+            raise ModelError(
+                f"Expected a loadable ONNX network at {path}, but OpenVINO "
+                f"refused it: {exc}"
+            ) from exc
+
+        def declared(port: object) -> list[int | str]:
+            shape = port.get_partial_shape()  # type: ignore[attr-defined]
+            return [d.get_length() if d.is_static else "?" for d in shape]
+
+        _check_shapes(
+            path,
+            [declared(p) for p in compiled.inputs],
+            [declared(p) for p in compiled.outputs],
+            input_channels,
+            num_heads,
+            patch_size,
+        )
+        self.providers: list[str] = ["OpenVINO:CPU"]
+        self._request = compiled.create_infer_request()
+        log.info(
+            "openvino session ready path=%s threads=%s",
+            path.name,
+            threads or "auto",
+        )
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        # The output tensor is the request's own buffer, reused by the next call.
+        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)
+
+
 def _check_shapes(
-    session: object,
     path: Path,
+    inputs: Sequence[Sequence[int | str | None]],
+    outputs: Sequence[Sequence[int | str | None]],
     input_channels: int,
     num_heads: int,
     patch_size: tuple[int, ...],
 ) -> None:
-    """Compare the graph's declared shapes with what the plans promise."""
-    inputs = session.get_inputs()  # type: ignore[attr-defined]
-    outputs = session.get_outputs()  # type: ignore[attr-defined]
+    """Compare the graph's declared shapes with what the plans promise.
+
+    Dimensions that are not whole numbers (the batch, dynamic axes) match
+    anything.
+    """
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelError(
             f"Expected {path} to have one input and one output, but it has "
@@ -123,10 +279,9 @@ def _check_shapes(
     expected_in = [input_channels, *patch_size]
     expected_out = [num_heads, *patch_size]
     for what, shape, expected in (
-        ("input", inputs[0].shape, expected_in),
-        ("output", outputs[0].shape, expected_out),
+        ("input", list(inputs[0]), expected_in),
+        ("output", list(outputs[0]), expected_out),
     ):
-        # Symbolic dimensions (the batch, dynamic axes) are strings.
         fixed = [d if isinstance(d, int) else None for d in shape[1:]]
         if len(shape) != len(expected) + 1 or any(
             f is not None and f != e for f, e in zip(fixed, expected, strict=True)
