@@ -12,7 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from scanpipe.errors import TransientError
 from scanpipe.storage.local import TMP_DIR
+from scanpipe.worker.loop import Worker, WorkerSettings
 from scanpipe.worker.outputs import output_keys
 from tests import scans
 from tests.worker.conftest import Pipeline
@@ -218,3 +220,34 @@ def test_worker_lifetime_and_busy_intervals_are_recorded(
     ((start, end),) = worker.busy
     assert end is not None and end >= start
     assert not pipeline.ledger.is_busy("w1")
+
+
+def test_an_unreachable_dead_letter_queue_at_start_does_not_stop_the_worker(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The endpoint drops out just as the worker starts (seen with SQS): the
+    # look-up of the dead-letter queue fails once, the worker works on.
+    real = pipeline.queue.dead_letter_queue
+    calls: list[int] = []
+
+    def flaky() -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TransientError("Could not open the queue: endpoint unreachable.")
+        return real()
+
+    monkeypatch.setattr(pipeline.queue, "dead_letter_queue", flaky)
+    worker = Worker(
+        queue=pipeline.queue,
+        input_store=pipeline.inbox,
+        output_store=pipeline.outbox,
+        segmenter=pipeline.worker.segmenter,
+        settings=WorkerSettings(
+            worker_id="w2", wait_seconds=0, exit_when_idle=True, scratch_dir=tmp_path
+        ),
+    )
+    pipeline.inbox.put_file("a.nii.gz", scans.make_scan(tmp_path / "a.nii.gz"))
+
+    assert worker.run() == 0
+    assert worker.messages_handled == 1
+    assert pipeline.queue.depth().visible == 0

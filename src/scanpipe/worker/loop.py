@@ -119,12 +119,7 @@ class Worker:
             self.segmenter.model_id,
             self.queue.url,
         )
-        if self.queue.dead_letter_queue() is None:
-            log.warning(
-                "queue has no dead-letter queue queue=%s: permanent failures "
-                "stay on it and come back after every visibility timeout",
-                self.queue.url,
-            )
+        self._check_dead_letter_queue()
         loop = threading.Thread(
             target=self._loop_guarded, name="scan-loop", daemon=True
         )
@@ -194,6 +189,26 @@ class Worker:
                     reason="stopped",
                     detail=why,
                 )
+            )
+
+    def _check_dead_letter_queue(self) -> None:
+        try:
+            dlq = self.queue.dead_letter_queue()
+        except TransientError as exc:
+            # An endpoint that is down at start must not stop the worker: the
+            # loop rides out the outage, and the dead-letter queue is looked
+            # up again when a failure first needs it.
+            log.warning(
+                "dead-letter queue not checked queue=%s error=%s",
+                self.queue.url,
+                exc,
+            )
+            return
+        if dlq is None:
+            log.warning(
+                "queue has no dead-letter queue queue=%s: permanent failures "
+                "stay on it and come back after every visibility timeout",
+                self.queue.url,
             )
 
     # -- the loop ------------------------------------------------------------
