@@ -20,7 +20,10 @@ torch = pytest.importorskip(
 pytest.importorskip("onnx", reason="onnx is not installed (the nnunet extra)")
 
 from scanpipe.models.export import export_model  # noqa: E402
-from scanpipe.models.torch_network import build_plain_network, load_checkpoint  # noqa: E402
+from scanpipe.models.torch_network import (  # noqa: E402
+    build_plain_network,
+    load_checkpoint,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,8 @@
 ``open_queue`` maps a location onto a backend::
 
     sqlite:///var/lib/scanpipe/queue.db                 embedded, queue 'scans'
-    sqlite:///var/lib/scanpipe/queue.db?name=scans&visibility_timeout=30&max_receive_count=3
+    sqlite:///var/lib/scanpipe/queue.db?name=scans&visibility_timeout=30
+    sqlite:///var/lib/scanpipe/queue.db?max_receive_count=3
     queue.db, /data/queue.sqlite                        embedded, a plain path
     https://sqs.eu-west-1.amazonaws.com/123456789012/scans   Amazon SQS
     http://127.0.0.1:5000/123456789012/scans            an SQS-compatible server

@@ -299,8 +299,10 @@ def _normalization(
         stats: dict[str, float] = {}
         if scheme == "CTNormalization":
             raw = properties.get(str(c)) if isinstance(properties, dict) else None
+            if not isinstance(raw, dict):
+                raw = {}  # missing: the KeyError below says so
             try:
-                stats = {k: float(raw[k]) for k in _INTENSITY_KEYS}  # type: ignore[index]
+                stats = {k: float(raw[k]) for k in _INTENSITY_KEYS}
             except (KeyError, TypeError, ValueError) as exc:
                 raise ModelError(
                     f"Expected foreground_intensity_properties_per_channel['{c}'] "
