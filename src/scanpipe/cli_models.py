@@ -87,7 +87,7 @@ def evaluate(pred_dir: Path, gt_dir: Path, as_json: bool) -> None:
 
     Every NAME.nii.gz in GT_DIR is compared with PRED_DIR/NAME.nii.gz.
     """
-    from scanpipe.evaluation import evaluate_folders, mean_scores
+    from scanpipe.evaluation import evaluate_folders, finite_or_none, mean_scores
 
     scores = evaluate_folders(pred_dir, gt_dir)
     mean = mean_scores(scores)
@@ -98,12 +98,12 @@ def evaluate(pred_dir: Path, gt_dir: Path, as_json: bool) -> None:
                     {
                         "case": s.case,
                         "dice": s.dice,
-                        "hd95_mm": {k: _finite(v) for k, v in s.hd95_mm.items()},
+                        "hd95_mm": {k: finite_or_none(v) for k, v in s.hd95_mm.items()},
                     }
                     for s in scores
                 ],
                 "mean": {
-                    name: {"dice": m["dice"], "hd95_mm": _finite(m["hd95_mm"])}
+                    name: {"dice": m["dice"], "hd95_mm": finite_or_none(m["hd95_mm"])}
                     for name, m in mean.items()
                 },
             }
@@ -241,10 +241,6 @@ def _setting(row: Any) -> str:
         f"backend={row.backend} mirror={'on' if row.mirror else 'off'} "
         f"step={row.step} seconds_per_scan={row.seconds_per_scan:.2f}"
     )
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _mm(value: float) -> str:

@@ -91,6 +91,11 @@ def hd95_mm(
     return float(np.percentile(distances, 95))
 
 
+def finite_or_none(value: float) -> float | None:
+    """A distance for JSON, which has no infinity: None where none exists."""
+    return value if math.isfinite(value) else None
+
+
 def _surface(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     """Voxels of the mask with a 6-neighbour outside it."""
     eroded = ndimage.binary_erosion(mask, border_value=0)
@@ -208,8 +213,12 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path) -> list[CaseScore]:
     if not any(gt_dir.glob("*.nii*")) and (gt_dir / "labelsTr").is_dir():
         gt_dir = gt_dir / "labelsTr"  # a dataset root in nnU-Net's raw layout
     gt_files = _nifti_files(gt_dir, "ground-truth")
-    predictions = {p: _prediction_of(pred_dir, p) for p in gt_files}
-    missing = [p.name for p, found in predictions.items() if found is None]
+    predictions = {
+        truth: found
+        for truth in gt_files
+        if (found := _prediction_of(pred_dir, truth)) is not None
+    }
+    missing = [p.name for p in gt_files if p not in predictions]
     if missing:
         raise ConfigError(
             f"Expected a prediction in {pred_dir} for every case in {gt_dir}, "
@@ -219,7 +228,6 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path) -> list[CaseScore]:
     cases = []
     present: set[int] = set()
     for path, pred_path in predictions.items():
-        assert pred_path is not None
         gt, spacing = load_labels(path)
         pred, _ = load_labels(pred_path)
         if pred.shape != gt.shape:

@@ -401,9 +401,10 @@ class Ledger:
             "ORDER BY finished_at",
             (since or 0.0,),
         )
+        # "id AS scan_id" is read back as scan_id.
+        names = [column.rpartition(" ")[2] for column in columns]
         records = []
         for row in rows:
-            names = [column.rpartition(" ")[2] for column in columns]
             fields: dict[str, Any] = dict(zip(names, row, strict=True))
             fields["seconds"] = json.loads(fields["seconds"])
             records.append(ScanRecord(**fields))

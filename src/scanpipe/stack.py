@@ -140,6 +140,7 @@ class EmbeddedStack:
         self.input_store = LocalStore(run_dir.input, bucket="input")
         self.input_store.add_put_listener(QueueNotifier(self.queue))
         self.output_store = LocalStore(run_dir.outbox, bucket="output")
+        self._had_workers = False
         self.inbox = InboxWatcher(
             run_dir.inbox,
             self.input_store,
@@ -271,9 +272,11 @@ class EmbeddedStack:
         pids = {self._worker_id(w): pid for w, pid in self.supervisor.pids.items()}
         for usage in self._usage.sample(pids):
             self.ledger.record_usage(usage)
-        if not pids:
+        if self._had_workers and not pids:
             # Back at zero: the cooldown tails are over, the bill is final.
+            # Once per return to zero, not on every idle tick.
             self.settle_costs()
+        self._had_workers = bool(pids)
         depth = self.queue.depth()
         dead_letters = self._dead_letters()
         running = self.supervisor.running

@@ -10,9 +10,10 @@ import pytest
 
 from scanpipe.finops.catalog import Pricing
 from scanpipe.finops.report import build_report
-from scanpipe.finops.settle import provenance_key, settle
+from scanpipe.finops.settle import settle
 from scanpipe.ledger import Ledger, ScanRecord
 from scanpipe.storage.local import LocalStore
+from scanpipe.worker.outputs import provenance_key
 from tests.finops.ledgers import T0
 
 

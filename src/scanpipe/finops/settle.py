@@ -26,10 +26,9 @@ from scanpipe.finops.per_scan import CostReport, ScanCost, Window, cost_scans
 from scanpipe.finops.report import report_window
 from scanpipe.ledger import Ledger, ScanCostRow
 from scanpipe.storage.base import ObjectStore
+from scanpipe.worker.outputs import provenance_key
 
 log = logging.getLogger(__name__)
-
-_MASK_SUFFIX = ".mask.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -124,13 +123,6 @@ def annotate_records(
             continue
         updated += 1
     return updated
-
-
-def provenance_key(mask_key: str) -> str:
-    """The provenance record's key next to a mask key."""
-    if mask_key.endswith(_MASK_SUFFIX):
-        return mask_key[: -len(_MASK_SUFFIX)] + ".json"
-    return mask_key + ".json"
 
 
 def _row(cost: ScanCost) -> ScanCostRow:

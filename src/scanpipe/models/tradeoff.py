@@ -31,7 +31,13 @@ import numpy as np
 import numpy.typing as npt
 
 from scanpipe.errors import ConfigError, ModelError
-from scanpipe.evaluation import label_names, load_labels, mean_scores, score_case
+from scanpipe.evaluation import (
+    finite_or_none,
+    label_names,
+    load_labels,
+    mean_scores,
+    score_case,
+)
 from scanpipe.imaging.nifti import load_scan
 from scanpipe.models import load_segmenter, parse_query
 from scanpipe.models.base import Volume
@@ -85,7 +91,7 @@ class TradeoffRow:
             "spec": self.spec,
             "model_id": self.model_id,
             "dice": self.dice,
-            "hd95_mm": {k: _finite_or_none(v) for k, v in self.hd95_mm.items()},
+            "hd95_mm": {k: finite_or_none(v) for k, v in self.hd95_mm.items()},
             "seconds_per_scan": self.seconds_per_scan,
             "cost_usd_per_scan": self.cost_usd_per_scan,
         }
@@ -318,7 +324,3 @@ def _display_spec(spec: str) -> str:
     if spec.startswith("onnx:") and "scanpipe-tradeoff-" in spec:
         return "onnx:<export>?" + spec.partition("?")[2]
     return spec
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if np.isfinite(value) else None

@@ -21,6 +21,8 @@ from scanpipe.models.base import Segmentation, Volume
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_MASK_SUFFIX = ".mask.nii.gz"
+_PROVENANCE_SUFFIX = ".json"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ def output_keys(input_key: str, etag: str, model_id: str) -> OutputKeys:
     base = f"{stem}.{model}.{tag}"
     if folder:
         base = f"{folder}/{base}"
-    return OutputKeys(mask=f"{base}.mask.nii.gz", provenance=f"{base}.json")
+    return OutputKeys(mask=base + _MASK_SUFFIX, provenance=base + _PROVENANCE_SUFFIX)
+
+
+def provenance_key(mask_key: str) -> str:
+    """The provenance record's key beside a mask key from :func:`output_keys`."""
+    return mask_key.removesuffix(_MASK_SUFFIX) + _PROVENANCE_SUFFIX
 
 
 def label_statistics(
